@@ -1,0 +1,3 @@
+"""synthquant: quantify brain PET when a modality is missing, by synthesising it."""
+
+__version__ = "0.1.0"
