@@ -8,6 +8,7 @@ Everything here works on arrays already on the working template grid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -111,3 +112,47 @@ def centiloid_suvr(image: np.ndarray, masks: dict[str, np.ndarray] | None = None
     ctx, _ = roi_mean(image, masks["centiloid_ctx"])
     whole_cerebellum, _ = roi_mean(image, masks["centiloid_WhlCbl"])
     return ctx / whole_cerebellum
+
+
+def centiloid_equation_for(tracer: str, user_equation: str | None = None) -> CentiloidEquation:
+    """The user's equation where named, else the built-in one for the tracer."""
+    if user_equation:
+        return parse_centiloid_equation(user_equation, tracer)
+    if tracer in CENTILOID_EQUATIONS:
+        return CENTILOID_EQUATIONS[tracer]
+    raise InputError(None, f"no Centiloid equation for tracer '{tracer}'; name one with --centiloid-equation")
+
+
+def quantify_static_pet(pet_template: str | Path, out_dir: str | Path, *, tracer: str = "FBP",
+                        centiloid_equation: str | None = None) -> dict:
+    """SUVR map and regional table from a static PET already on the working grid.
+
+    Returns ``{"suvr_map", "suvr_table", "metadata"}`` (paths and sidecar fields).
+    """
+    from synthquant.image import atomic_write_text, load_image, save_image  # noqa: PLC0415
+
+    out_dir = Path(out_dir)
+    img = load_image(pet_template, require_nonzero=True)
+    pet = img.get_fdata(dtype=np.float32)
+    masks = region_masks()
+    suvr, reference = suvr_map(pet, masks)
+    equation = centiloid_equation_for(tracer, centiloid_equation)
+    table = regional_suvr(suvr, masks, equation)
+    suvr_file = save_image(suvr, img.affine, out_dir / "suvr.nii.gz")
+    table_file = atomic_write_text(format_table(table), out_dir / "suvr.tsv")
+    metadata = {
+        "ReferenceRegion": "cerebellar grey matter: AAL2 cerebellum (hemispheres and vermis) "
+                           "∩ MNI152 2009a GM prior ≥ 0.5",
+        "ReferenceMeanUptake": round(reference, 6),
+        "CentiloidEquation": f"CL = {equation.slope:g} * SUVR_ctx/WhlCbl {equation.intercept:+g}",
+        "CentiloidEquationSource": equation.source,
+        "CentiloidVOIs": "GAAIN ctx and WhlCbl (amypet 1.6.0 data files)",
+        "Centiloid": round(float(table.loc[table.region == "composite", "centiloid"].iloc[0]), 3),
+        "CompositeSUVR": round(float(table.loc[table.region == "composite", "suvr"].iloc[0]), 5),
+    }
+    return {"suvr_map": str(suvr_file), "suvr_table": str(table_file), "metadata": metadata}
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """TSV text with ``n/a`` for missing values (BIDS) and fixed precision for reproducible files."""
+    return table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6f")

@@ -1,0 +1,270 @@
+"""BIDS in and out: dataset discovery (pybids), input checks, sites, derivatives writing.
+
+Discovery is the edge where bad input fails: every file a subject needs is opened and
+checked here, before any graph is built, so a bad subject is reported in one line and left
+out while the others run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from synthquant import __version__
+from synthquant.errors import InputError
+from synthquant.image import atomic_output, atomic_write_text, load_image
+from synthquant.pet import read_sidecar, select_frames, static_window
+
+#: BIDS labels are alphanumeric (BIDS 1.9, "Entities": label = [a-zA-Z0-9]+).
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+#: Tracer labels taken as florbetapir.
+FBP_LABELS = {"fbp", "av45", "florbetapir"}
+PIPELINE_NAME = "synthquant"
+
+
+def clean_label(label: str, *, what: str = "participant label") -> str:
+    """Strip a ``sub-`` prefix and refuse anything that is not a BIDS label.
+
+    Path characters (``/``, ``..``, ``~``) never reach the file system.
+    """
+    text = str(label)
+    if text.startswith("sub-"):
+        text = text[4:]
+    if not _LABEL.match(text):
+        raise InputError(None, f"{what} {label!r} is not a BIDS label (letters and digits only)")
+    return text
+
+
+def _inside(path: Path, root: Path) -> Path:
+    """Refuse a file that resolves (through links) outside the dataset."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise InputError(path, "resolves outside the BIDS dataset; refusing to follow it")
+    return path
+
+
+@dataclass
+class AmyloidInputs:
+    """One PET session of the amyloid arm, checked and ready to process."""
+
+    subject: str
+    session: str | None
+    site: str
+    tracer: str
+    pet: Path
+    pet_sidecar: dict
+    t1w: Path | None
+    diagnosis: str = "n/a"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+
+
+@dataclass
+class Discovery:
+    """What discovery found: runnable sessions, and the ones refused with their reasons."""
+
+    amyloid: list[AmyloidInputs]
+    refused: dict[str, str]   # "sub-X[_ses-Y]" -> one-line reason
+    warnings: list[str]
+
+
+def load_layout(bids_dir: Path):
+    """A pybids layout of the raw dataset (derivatives ignored)."""
+    from bids.layout import BIDSLayout  # noqa: PLC0415 - slow import
+
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise InputError(bids_dir, "not a BIDS dataset (no dataset_description.json)")
+    try:
+        return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+    except Exception as err:  # pybids raises many types on a malformed dataset
+        raise InputError(bids_dir, f"pybids cannot index the dataset ({err})") from None
+
+
+def participants_table(bids_dir: Path) -> pd.DataFrame:
+    """participants.tsv, indexed by label without ``sub-``; empty if absent."""
+    path = bids_dir / "participants.tsv"
+    if not path.is_file():
+        return pd.DataFrame()
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if "participant_id" not in table:
+        raise InputError(path, "has no participant_id column")
+    table.index = table["participant_id"].str.removeprefix("sub-")
+    return table
+
+
+def site_of(subject: str, participants: pd.DataFrame, *sidecars: dict) -> str:
+    """DESIGN "Site": participants.tsv ``site``, else the sidecar InstitutionName, else ``n/a``."""
+    if "site" in participants and subject in participants.index:
+        value = str(participants.loc[subject, "site"]).strip()
+        if value and value != "n/a":
+            return value
+    for sidecar in sidecars:
+        if sidecar.get("InstitutionName"):
+            return str(sidecar["InstitutionName"])
+    return "n/a"
+
+
+def select_subjects(layout, requested: tuple[str, ...]) -> list[str]:
+    """The requested labels (all if none), each checked to exist in the dataset."""
+    available = sorted(layout.get_subjects())
+    if not requested:
+        return available
+    labels = [clean_label(label) for label in requested]
+    missing = [label for label in labels if label not in available]
+    if missing:
+        raise InputError(layout.root, f"participant(s) not in the dataset: {', '.join('sub-' + m for m in missing)}")
+    return labels
+
+
+def tracer_of(pet: Path, sidecar: dict, entity: str | None) -> str:
+    """Canonical tracer label: ``FBP`` for florbetapir, else the ``trc-`` label as given."""
+    names = {str(entity or "").lower(), str(sidecar.get("TracerName", "")).lower()}
+    if names & FBP_LABELS:
+        return "FBP"
+    if entity:
+        return str(entity)
+    raise InputError(pet, "no trc- entity and no TracerName: cannot tell the tracer")
+
+
+def check_amyloid_session(inputs: AmyloidInputs, *, centiloid_equation: str | None) -> None:
+    """Open and check every file of one session; raise InputError on the first problem."""
+    if inputs.tracer != "FBP" and not centiloid_equation:
+        raise InputError(inputs.pet, f"tracer '{inputs.tracer}' is not florbetapir (FBP); name its Centiloid "
+                                     "equation with --centiloid-equation SLOPE,INTERCEPT to process it")
+    pet = load_image(inputs.pet, ndim=(3, 4))
+    sidecar_path = str(inputs.pet).replace(".nii.gz", ".json").replace(".nii", ".json")
+    if pet.ndim == 4:
+        if pet.shape[3] > 1 and not ("FrameTimesStart" in inputs.pet_sidecar and "FrameDuration" in inputs.pet_sidecar):
+            raise InputError(sidecar_path, f"4D PET ({pet.shape[3]} frames) but the sidecar has no "
+                                           "FrameTimesStart/FrameDuration: cannot pick the 50-70 min frames")
+        starts = inputs.pet_sidecar.get("FrameTimesStart", [0])
+        if pet.shape[3] != len(starts):
+            raise InputError(sidecar_path, f"sidecar lists {len(starts)} frames, the image has {pet.shape[3]}")
+        select_frames(starts, inputs.pet_sidecar.get("FrameDuration", [0]), static_window(inputs.tracer),
+                      source=sidecar_path)
+    else:
+        inputs.notes.append("3D PET taken as already averaged over the static window")
+    if inputs.t1w is not None:
+        load_image(inputs.t1w, ndim=(3,))
+
+
+def discover(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
+             centiloid_equation: str | None = None) -> Discovery:
+    """Find and check every PET session of the requested participants."""
+    bids_dir = Path(bids_dir)
+    layout = load_layout(bids_dir)
+    participants = participants_table(bids_dir)
+    subjects = select_subjects(layout, participant_labels)
+    found, refused, warnings = [], {}, []
+    for subject in subjects:
+        sessions = layout.get_sessions(subject=subject) or [None]
+        for session in sessions:
+            query = {"subject": subject, "extension": [".nii.gz", ".nii"], "return_type": "object"}
+            if session:
+                query["session"] = session
+            key = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+            pets = [f for f in layout.get(suffix="pet", datatype="pet", **query)
+                    if str(f.entities.get("tracer", "")).upper() != "PIB"]  # PIB serves the myelin arm
+            if not pets:
+                continue
+            try:
+                if len(pets) > 1:
+                    raise InputError(pets[0].path, f"{len(pets)} amyloid PET runs in one session; expected one")
+                pet = _inside(Path(pets[0].path), bids_dir)
+                sidecar_path = Path(str(pet).replace(".nii.gz", ".json").replace(".nii", ".json"))
+                sidecar = read_sidecar(sidecar_path) if sidecar_path.exists() else layout.get_metadata(str(pet))
+                t1ws = layout.get(suffix="T1w", datatype="anat", **query)
+                t1w = _inside(Path(t1ws[0].path), bids_dir) if t1ws else None
+                t1w_sidecar = layout.get_metadata(str(t1w)) if t1w else {}
+                inputs = AmyloidInputs(
+                    subject=subject, session=session, site=site_of(subject, participants, sidecar, t1w_sidecar),
+                    tracer=tracer_of(pet, sidecar, pets[0].entities.get("tracer")), pet=pet,
+                    pet_sidecar=sidecar, t1w=t1w,
+                    diagnosis=str(participants.loc[subject, "diagnosis"]) if "diagnosis" in participants
+                    and subject in participants.index else "n/a",
+                )
+                check_amyloid_session(inputs, centiloid_equation=centiloid_equation)
+                found.append(inputs)
+            except InputError as err:
+                refused[key] = str(err)
+    return Discovery(amyloid=found, refused=refused, warnings=warnings)
+
+
+# --- derivatives ---------------------------------------------------------------------------
+
+#: Entity order of BIDS file names (BIDS 1.9 Appendix "Entity table"), the subset we write.
+_ENTITY_ORDER = ("sub", "ses", "trc", "space", "seg", "res", "label", "desc")
+
+
+def bids_name(entities: dict[str, str | None], suffix: str, extension: str) -> str:
+    """``sub-01_trc-FBP_space-X_desc-mr_suvr.nii.gz`` from entities in BIDS order."""
+    unknown = set(entities) - set(_ENTITY_ORDER)
+    if unknown:
+        raise ValueError(f"entities not supported: {sorted(unknown)}")
+    parts = [f"{key}-{entities[key]}" for key in _ENTITY_ORDER if entities.get(key)]
+    return "_".join(parts + [suffix]) + extension
+
+
+def derivative_path(output_dir: Path, entities: dict, datatype: str, suffix: str, extension: str) -> Path:
+    folder = Path(output_dir) / f"sub-{entities['sub']}"
+    if entities.get("ses"):
+        folder = folder / f"ses-{entities['ses']}"
+    return folder / datatype / bids_name(entities, suffix, extension)
+
+
+def write_derivative(source: Path, output_dir: Path, entities: dict, datatype: str, suffix: str,
+                     sidecar: dict | None = None, extension_check: str | None = None) -> Path:
+    """Copy ``source`` into the derivatives tree under its BIDS name, with a JSON sidecar.
+
+    Both are written to temporary names and renamed, so a killed run leaves no half file.
+    """
+    source = Path(source)
+    extension = ".nii.gz" if source.name.endswith(".nii.gz") else source.suffix
+    if extension_check and extension != extension_check:
+        raise ValueError(f"{source} is not a {extension_check} file")
+    target = derivative_path(output_dir, entities, datatype, suffix, extension)
+    with atomic_output(target) as tmp:
+        shutil.copyfile(source, tmp)
+    if sidecar is not None:
+        atomic_write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n",
+                          target.with_name(target.name[: -len(extension)] + ".json"))
+    return target
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the packages that shape the numbers, for every sidecar."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    versions = {"synthquant": __version__}
+    for package in ("antspyx", "nipype", "nibabel", "nilearn", "numpy", "scipy", "torch", "pybids"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_dataset_description(output_dir: Path, bids_dir: Path | None = None) -> Path:
+    """The derivatives dataset_description.json (BIDS 1.9 "Derived dataset")."""
+    import os  # noqa: PLC0415
+
+    generated = {"Name": PIPELINE_NAME, "Version": __version__}
+    if os.environ.get("SYNTHQUANT_CONTAINER"):
+        generated["Container"] = {"Type": "docker", "Tag": os.environ["SYNTHQUANT_CONTAINER"]}
+    description = {
+        "Name": "synthquant derivatives",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+    }
+    if bids_dir is not None:
+        description["SourceDatasets"] = [{"URL": Path(bids_dir).resolve().as_uri()}]
+    return atomic_write_text(json.dumps(description, indent=2) + "\n", Path(output_dir) / "dataset_description.json")

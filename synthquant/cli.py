@@ -1,0 +1,176 @@
+"""Command line (BIDS-App convention): ``run_workflow.py BIDS_DIR OUTPUT_DIR {participant,group}``.
+
+Exit status: 0 when every subject succeeded, 1 when some failed (the others complete),
+2 for a usage or input error. Bad input prints one line and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from synthquant import __version__
+from synthquant.config import METHODS, PIPELINES, RunConfig, apply_threads
+from synthquant.errors import InputError
+
+EXIT_OK, EXIT_SUBJECT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_workflow.py",
+        description="synthquant: quantify brain PET when a modality is missing, by synthesising it.",
+        epilog="Demo: run_workflow.py --demo OUTPUT_DIR (synthetic cohort, participant and group levels).",
+    )
+    parser.add_argument("bids_dir", nargs="?", type=Path, help="root of the BIDS dataset")
+    parser.add_argument("output_dir", nargs="?", type=Path, help="where the derivatives dataset is written")
+    parser.add_argument("analysis_level", nargs="?", choices=["participant", "group"])
+    parser.add_argument("--demo", metavar="OUTPUT_DIR", type=Path,
+                        help="make a phantom cohort in OUTPUT_DIR/bids and run both levels on it")
+    parser.add_argument("--participant-label", "--participant_label", nargs="+", default=[], metavar="L",
+                        help="labels to process (with or without 'sub-'); default: all")
+    parser.add_argument("--pipeline", choices=PIPELINES, default="amyloid")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                        help="default: synthmr, plus mr where a T1w exists")
+    parser.add_argument("-w", "--work-dir", type=Path, default=None, help="default: OUTPUT_DIR/../work")
+    parser.add_argument("--nprocs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--omp-nthreads", type=int, default=None, help="threads per process (default: nprocs)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--models", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--batch-by", choices=["site"], default=None)
+    parser.add_argument("--plugin", default="MultiProc", help="Nipype plugin (MultiProc, Linear, SLURM, ...)")
+    parser.add_argument("--plugin-args", type=json.loads, default={}, metavar="JSON")
+    parser.add_argument("--skip-bids-validation", action="store_true")
+    parser.add_argument("--template-resolution", type=float, default=1.0, metavar="MM",
+                        help="template voxel size for SyN normalisation (default 1 mm)")
+    parser.add_argument("--centiloid-equation", default=None, metavar="SLOPE,INTERCEPT",
+                        help="Centiloid equation for a tracer other than florbetapir")
+    parser.add_argument("--lesion-dir", type=Path, default=None)
+    parser.add_argument("--version", action="version", version=f"synthquant {__version__}")
+    return parser
+
+
+def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
+    if args.bids_dir is None or args.output_dir is None or args.analysis_level is None:
+        parser.error("BIDS_DIR, OUTPUT_DIR and the analysis level are required (or use --demo OUTPUT_DIR)")
+    bids_dir = args.bids_dir.resolve()
+    output_dir = args.output_dir.resolve()
+    if not bids_dir.is_dir():
+        raise InputError(args.bids_dir, "BIDS directory not found")
+    if output_dir == bids_dir:
+        raise InputError(args.output_dir, "output directory must differ from the BIDS directory")
+    if args.template_resolution not in (1.0, 1.5, 2.0, 3.0):
+        raise InputError(None, "--template-resolution must be 1, 1.5, 2 or 3 (mm)")
+    if args.nprocs < 1:
+        raise InputError(None, "--nprocs must be at least 1")
+    return RunConfig(
+        bids_dir=bids_dir, output_dir=output_dir, analysis_level=args.analysis_level,
+        work_dir=(args.work_dir or output_dir.parent / "work").resolve(),
+        participant_labels=tuple(args.participant_label), pipeline=args.pipeline,
+        methods=tuple(args.methods) if args.methods else None, nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads or args.nprocs, device=args.device, models_dir=args.models,
+        batch_by=args.batch_by, plugin=args.plugin, plugin_args=args.plugin_args,
+        skip_bids_validation=args.skip_bids_validation, template_resolution=args.template_resolution,
+        centiloid_equation=args.centiloid_equation, lesion_dir=args.lesion_dir,
+    )
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_participant(config: RunConfig) -> int:
+    """Discover, check, build and run; return the exit status."""
+    from synthquant.bids import clean_label, discover, software_versions, write_dataset_description
+
+    for label in config.participant_labels:
+        clean_label(label)  # path characters fail here, before pybids sees them
+    say(f"indexing {config.bids_dir}")
+    found = discover(config.bids_dir, config.participant_labels, centiloid_equation=config.centiloid_equation)
+    for key, reason in found.refused.items():
+        print(f"ERROR {key}: {reason}", file=sys.stderr, flush=True)
+    if not found.amyloid and not found.refused:
+        raise InputError(config.bids_dir, "no amyloid PET found for the requested participants")
+
+    from synthquant.runner import run_graph
+    from synthquant.workflows.base import init_participant_wf
+
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(config.output_dir, config.bids_dir)
+    (config.output_dir / "logs").mkdir(exist_ok=True)
+    (config.output_dir / "logs" / "config.json").write_text(config.to_json())
+
+    base_sidecar = {"SoftwareVersions": software_versions()}
+    workflow, names, warnings = init_participant_wf(config, found.amyloid, base_sidecar)
+    for warning in warnings:
+        print(f"WARNING {warning}", file=sys.stderr, flush=True)
+    failures = {}
+    if names:
+        say(f"running {len(names)} session(s) with {config.plugin} ({config.nprocs} processes); work dir {config.work_dir}")
+        failures = run_graph(workflow, names, plugin=config.plugin,
+                             plugin_args={"n_procs": config.nprocs, **config.plugin_args}
+                             if config.plugin == "MultiProc" else dict(config.plugin_args),
+                             work_dir=config.work_dir)
+    for key, reason in failures.items():
+        print(f"ERROR {key}: {reason}", file=sys.stderr, flush=True)
+    done = [key for key in names.values() if key not in failures]
+    failed = len(failures) + len(found.refused)
+    say(f"participant level: {len(done)} session(s) succeeded, {failed} failed; outputs in {config.output_dir}")
+    return EXIT_OK if failed == 0 and done else EXIT_SUBJECT_FAILED
+
+
+def run_group_level(config: RunConfig) -> int:
+    from synthquant.group import run_group
+
+    paths = run_group(config.output_dir)
+    for name, path in paths.items():
+        say(f"group level: wrote {path}")
+    return EXIT_OK
+
+
+def run_demo(output_dir: Path, nprocs: int) -> int:
+    """Phantom cohort -> participant -> group, then the error against the phantom's truth."""
+    from synthquant.phantom import make_amyloid_cohort
+
+    output_dir = output_dir.resolve()
+    bids_dir = output_dir / "bids"
+    if not (bids_dir / "dataset_description.json").exists():
+        say(f"writing a phantom cohort (demo preset) to {bids_dir}")
+        make_amyloid_cohort(bids_dir, n_subjects=6, preset="demo", seed=0)
+    config = RunConfig(bids_dir=bids_dir, output_dir=output_dir / "derivatives", analysis_level="participant",
+                       work_dir=output_dir / "work", methods=("mr",), nprocs=nprocs, omp_nthreads=nprocs,
+                       template_resolution=2.0)
+    status = run_participant(config)
+    run_group_level(config)
+    from synthquant.evaluation import compare_to_truth
+
+    summary = compare_to_truth(config.output_dir / "group" / "amyloid_suvr.tsv", bids_dir)
+    print(summary.to_string(index=False))
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("NO_ET", "1")  # no Nipype version check over the network
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    apply_threads(args.omp_nthreads or args.nprocs)
+    try:
+        if args.demo:
+            return run_demo(args.demo, args.nprocs)
+        config = make_config(args, parser)
+        if config.pipeline == "myelin":
+            raise InputError(None, "the myelin pipeline is not available in this release")
+        if config.analysis_level == "participant":
+            return run_participant(config)
+        return run_group_level(config)
+    except InputError as err:
+        print(f"synthquant: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("synthquant: interrupted; rerun the same command to resume from the work dir", file=sys.stderr)
+        return 130

@@ -1,0 +1,63 @@
+"""One frozen run configuration, read by every part and dumped next to the outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: Method labels (DESIGN, "Method labels"): used as ``desc-`` values and in tables.
+METHODS = ("mr", "synthmr", "pettemplate", "multiatlas", "petseg")
+#: Methods this release implements end to end.
+IMPLEMENTED_METHODS = ("mr",)
+PIPELINES = ("amyloid", "myelin", "all")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one invocation needs; built once by :mod:`synthquant.cli`."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_labels: tuple[str, ...] = ()
+    pipeline: str = "amyloid"
+    methods: tuple[str, ...] | None = None  # None: synthmr, plus mr where a T1w exists
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    device: str = "auto"
+    models_dir: Path | None = None
+    batch_by: str | None = None
+    plugin: str = "MultiProc"
+    plugin_args: dict = field(default_factory=dict)
+    skip_bids_validation: bool = False
+    #: Voxel size (mm) of the template used for SyN; quantification is always on the 2 mm grid.
+    template_resolution: float = 1.0
+    #: "SLOPE,INTERCEPT" for tracers without a built-in Centiloid equation.
+    centiloid_equation: str | None = None
+    lesion_dir: Path | None = None
+    seed: int = 0
+
+    def to_json(self) -> str:
+        def plain(value):
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, tuple):
+                return list(value)
+            return value
+
+        return json.dumps({k: plain(v) for k, v in asdict(self).items()}, indent=2)
+
+
+def apply_threads(omp_nthreads: int) -> None:
+    """Set the thread counts of ITK, BLAS/OpenMP and torch for this process and its children.
+
+    ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once, when antspyx is imported, so this
+    runs before any import of ``ants``. Nipype's MultiProc workers inherit the environment.
+    """
+    n = str(max(1, int(omp_nthreads)))
+    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "MKL_NUM_THREADS"):
+        os.environ[var] = n

@@ -1,0 +1,51 @@
+"""Measured SUVR against a phantom cohort's ground truth (``sourcedata/truth``).
+
+Used by ``--demo`` and by ``benchmarks/``: mean absolute error and bias per method and
+region, the summary the issues ask for (Choi & Lee 2018, Table 2, against truth).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from synthquant.atlases.regions import SUMMARY_REGIONS
+
+
+def truth_table(bids_dir: Path) -> pd.DataFrame:
+    """Every subject's true regional SUVR/Centiloid: participant_id, region, suvr_true, centiloid_true."""
+    frames = []
+    for path in sorted((Path(bids_dir) / "sourcedata" / "truth").glob("sub-*/sub-*_trc-FBP_suvr.tsv")):
+        table = pd.read_csv(path, sep="\t", na_values="n/a")
+        table.insert(0, "participant_id", path.name.split("_")[0])
+        frames.append(table.rename(columns={"suvr": "suvr_true", "centiloid": "centiloid_true"}))
+    if not frames:
+        raise FileNotFoundError(f"no ground truth under {bids_dir}/sourcedata/truth")
+    return pd.concat(frames, ignore_index=True)[["participant_id", "region", "suvr_true", "centiloid_true"]]
+
+
+def paired_with_truth(group_table: Path | pd.DataFrame, bids_dir: Path) -> pd.DataFrame:
+    """The group SUVR table joined to the truth on participant and region."""
+    measured = group_table if isinstance(group_table, pd.DataFrame) else pd.read_csv(group_table, sep="\t",
+                                                                                      na_values="n/a")
+    return measured.merge(truth_table(bids_dir), on=["participant_id", "region"], how="inner")
+
+
+def compare_to_truth(group_table: Path | pd.DataFrame, bids_dir: Path,
+                     regions: tuple[str, ...] = SUMMARY_REGIONS) -> pd.DataFrame:
+    """MAE, SD of the absolute error, and bias of SUVR per method and region; Centiloid on composite."""
+    paired = paired_with_truth(group_table, bids_dir)
+    paired = paired[paired["region"].isin(regions)]
+    rows = []
+    for (method, region), part in paired.groupby(["method", "region"], sort=False):
+        error = part["suvr"] - part["suvr_true"]
+        row = {"method": method, "region": region, "n": len(part), "mae": np.abs(error).mean(),
+               "sd_abs_error": np.abs(error).std(ddof=1) if len(part) > 1 else np.nan, "bias": error.mean(),
+               "max_abs_error": np.abs(error).max()}
+        if region == "composite":
+            cl_error = part["centiloid"] - part["centiloid_true"]
+            row.update(centiloid_mae=np.abs(cl_error).mean(), centiloid_bias=cl_error.mean())
+        rows.append(row)
+    return pd.DataFrame(rows).round(4)

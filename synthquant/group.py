@@ -1,0 +1,50 @@
+"""Group level: gather every session's regional SUVR into ``group/amyloid_suvr.tsv``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from synthquant.errors import InputError
+from synthquant.image import atomic_write_text
+
+#: DESIGN "Outputs": the exact columns of the group SUVR table.
+AMYLOID_COLUMNS = ["participant_id", "session_id", "site", "tracer", "method", "region", "suvr", "centiloid",
+                   "n_voxels"]
+_SUVR_TABLE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(_ses-(?P<ses>[A-Za-z0-9]+))?_trc-(?P<trc>[A-Za-z0-9]+)"
+                         r"_space-[A-Za-z0-9]+_seg-AAL2_desc-(?P<method>[A-Za-z0-9]+)_suvr\.tsv$")
+
+
+def collect_amyloid(output_dir: Path) -> pd.DataFrame:
+    """Long table of every regional SUVR file in the derivatives tree."""
+    frames = []
+    for path in sorted(Path(output_dir).glob("sub-*/**/pet/*_seg-AAL2_*_suvr.tsv")):
+        match = _SUVR_TABLE.match(path.name)
+        if not match:
+            continue
+        sidecar = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+        table = pd.read_csv(path, sep="\t", na_values="n/a")
+        table.insert(0, "participant_id", f"sub-{match['sub']}")
+        table.insert(1, "session_id", f"ses-{match['ses']}" if match["ses"] else "n/a")
+        table.insert(2, "site", sidecar.get("Site", "n/a"))
+        table.insert(3, "tracer", match["trc"])
+        table.insert(4, "method", match["method"])
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=AMYLOID_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[AMYLOID_COLUMNS]
+
+
+def run_group(output_dir: Path) -> dict[str, Path]:
+    """Write ``group/amyloid_suvr.tsv``; refuse when no participant output exists yet."""
+    from synthquant.quantify import format_table  # noqa: PLC0415
+
+    amyloid = collect_amyloid(output_dir)
+    if amyloid.empty:
+        raise InputError(output_dir, "no participant-level SUVR tables found; run the participant level first")
+    amyloid["n_voxels"] = amyloid["n_voxels"].astype(int)
+    path = atomic_write_text(format_table(amyloid), Path(output_dir) / "group" / "amyloid_suvr.tsv")
+    return {"amyloid_suvr": path}

@@ -1,0 +1,1 @@
+"""Nipype graphs only: ``init_*_wf`` factories that wire interfaces."""

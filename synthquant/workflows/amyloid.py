@@ -1,0 +1,122 @@
+"""The amyloid arm: static PET -> template space -> SUVR, regional table and Centiloid."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from synthquant.atlases import TEMPLATE_SPACE, WORKING_RESOLUTION
+from synthquant.interfaces import DerivativesSink, QuantifySUVR, RigidCoregistration, StaticPET, ToTemplate
+from synthquant.workflows.normalize import init_normalize_wf
+
+#: What each method's outputs say about how the PET reached template space.
+METHOD_DESCRIPTIONS = {
+    "mr": "PET rigidly coregistered (ANTs, Mattes MI) to the subject's real T1w; T1w skull-stripped, "
+          "N4-corrected and normalised (ANTs affine + SyN, CC) to MNI152NLin2009aSym; PET resampled "
+          "through the composed transforms (Choi & Lee 2018, gold-standard method).",
+}
+
+
+def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, template_resolution: float = 1.0,
+                    omp_nthreads: int = 1, centiloid_equation: str | None = None, base_sidecar: dict | None = None,
+                    name: str = "amyloid_wf") -> pe.Workflow:
+    """One PET session of the amyloid arm, for each requested method.
+
+    Parameters
+    ----------
+    inputs : synthquant.bids.AmyloidInputs
+        The checked session (files, sidecar, tracer, notes).
+    methods
+        Method labels to run (``mr`` needs a T1w).
+    output_dir
+        Root of the derivatives dataset.
+    template_resolution
+        Template voxel size (mm) for SyN.
+    base_sidecar
+        Fields every sidecar carries (software versions, configuration).
+
+    Outputs (written by the ``ds_*`` sinks)
+    ------------------------------------------
+    ``pet/…_desc-static_pet.nii.gz``, and per method ``…_space-MNI152NLin2009aSym_desc-<method>_{pet,suvr}.nii.gz``,
+    ``…_seg-AAL2_desc-<method>_suvr.tsv`` and ``anat/…_space-MNI152NLin2009aSym_desc-<method>_T1w.nii.gz``.
+    """
+    workflow = pe.Workflow(name=name)
+    base_sidecar = dict(base_sidecar or {})
+    entities = {"sub": inputs.subject, "ses": inputs.session, "trc": inputs.tracer}
+    sources = [str(inputs.pet)] + ([str(inputs.t1w)] if inputs.t1w else [])
+
+    inputnode = pe.Node(niu.IdentityInterface(fields=["pet", "t1w"]), name="inputnode")
+    inputnode.inputs.pet = str(inputs.pet)
+    if inputs.t1w:
+        inputnode.inputs.t1w = str(inputs.t1w)
+
+    static_pet = pe.Node(StaticPET(sidecar=inputs.pet_sidecar, tracer=inputs.tracer), name="static_pet",
+                         n_procs=omp_nthreads, mem_gb=1.0)
+    static_files = pe.Node(niu.Merge(2), name="static_files", run_without_submitting=True)
+    ds_static = pe.Node(DerivativesSink(output_dir=output_dir, notes=list(inputs.notes), specs=[
+        {"datatype": "pet", "suffix": "pet", "extension": ".nii.gz", "entities": {**entities, "desc": "static"},
+         "sidecar": {**base_sidecar, "Sources": [str(inputs.pet)], "Units": inputs.pet_sidecar.get("Units", "n/a"),
+                     "Description": "Static PET: realigned, duration-weighted average of the static window"}},
+        {"datatype": "pet", "suffix": "motion", "extension": ".tsv", "entities": entities,
+         "sidecar": {"displacement_mm": {"Description": "Mean displacement of a 50 mm sphere, frame vs reference"}}},
+    ]), name="ds_static", run_without_submitting=True)
+    workflow.connect([
+        (inputnode, static_pet, [("pet", "pet")]),
+        (static_pet, static_files, [("static_pet", "in1"), ("motion_tsv", "in2")]),
+        (static_files, ds_static, [("out", "in_files")]),
+        (static_pet, ds_static, [(("note", _as_list), "notes")]),
+    ])
+
+    for method in methods:
+        if method != "mr":
+            raise ValueError(f"method {method!r} is not implemented in this release")
+        # -- how the PET reaches template space: method mr --------------------------------------
+        normalize_wf = init_normalize_wf(resolution=template_resolution, omp_nthreads=omp_nthreads,
+                                         name=f"normalize_{method}_wf")
+        coreg = pe.Node(RigidCoregistration(), name=f"coreg_{method}", n_procs=omp_nthreads, mem_gb=1.0)
+        transforms = pe.Node(niu.Merge(2), name=f"transforms_{method}", run_without_submitting=True)
+        workflow.connect([
+            (inputnode, normalize_wf, [("t1w", "inputnode.t1w")]),
+            (normalize_wf, coreg, [("outputnode.t1w_brain", "fixed")]),
+            (static_pet, coreg, [("static_pet", "moving")]),
+            # antsApplyTransforms order: SyN warp, affine (T1w -> template), then PET -> T1w rigid.
+            (normalize_wf, transforms, [("outputnode.transforms", "in1")]),
+            (coreg, transforms, [("transform", "in2")]),
+        ])
+        t1w_template = (normalize_wf, "outputnode.t1w_template")
+
+        # -- shared by every method: resample, quantify, write -----------------------------------
+        pet_to_template = pe.Node(ToTemplate(), name=f"pet_to_template_{method}", mem_gb=1.0)
+        quantify = pe.Node(QuantifySUVR(tracer=inputs.tracer, centiloid_equation=centiloid_equation or ""),
+                           name=f"quantify_{method}", mem_gb=1.0)
+        method_files = pe.Node(niu.Merge(4), name=f"files_{method}", run_without_submitting=True)
+        in_space = {**entities, "space": TEMPLATE_SPACE, "desc": method}
+        sidecar = {**base_sidecar, "Method": method, "MethodDescription": METHOD_DESCRIPTIONS[method],
+                   "Sources": sources, "TemplateResolution_mm": template_resolution,
+                   "QuantificationResolution_mm": WORKING_RESOLUTION}
+        ds_method = pe.Node(DerivativesSink(output_dir=output_dir, notes=list(inputs.notes), specs=[
+            {"datatype": "pet", "suffix": "pet", "extension": ".nii.gz", "entities": in_space,
+             "sidecar": {**sidecar, "Description": "Static PET in template space"}},
+            {"datatype": "pet", "suffix": "suvr", "extension": ".nii.gz", "entities": in_space,
+             "sidecar": {**sidecar, "Description": "SUVR map (PET / cerebellar-GM mean)"}},
+            {"datatype": "pet", "suffix": "suvr", "extension": ".tsv", "entities": {**in_space, "seg": "AAL2"},
+             "sidecar": {**sidecar, "Description": "Regional SUVR: composite, its four regions, every AAL2 label "
+                                                   "∩ template GM; Centiloid on the composite row"}},
+            {"datatype": "anat", "suffix": "T1w", "extension": ".nii.gz", "entities": {k: v for k, v in in_space.items() if k != "trc"},
+             "sidecar": {**sidecar, "Description": f"T1w ({method}) skull-stripped, in template space"}},
+        ]), name=f"ds_{method}", run_without_submitting=True)
+        workflow.connect([
+            (static_pet, pet_to_template, [("static_pet", "in_file")]),
+            (transforms, pet_to_template, [("out", "transforms")]),
+            (pet_to_template, quantify, [("out_file", "pet_template")]),
+            (pet_to_template, method_files, [("out_file", "in1")]),
+            (quantify, method_files, [("suvr_map", "in2"), ("suvr_table", "in3")]),
+            (t1w_template[0], method_files, [(t1w_template[1], "in4")]),
+            (method_files, ds_method, [("out", "in_files")]),
+            (quantify, ds_method, [("metadata", "metadata")]),
+        ])
+    return workflow
+
+
+def _as_list(value):
+    return [value]

@@ -1,0 +1,56 @@
+"""The participant-level graph: one ``sub_<label>_wf`` per PET session."""
+
+from __future__ import annotations
+
+from nipype.pipeline import engine as pe
+
+from synthquant.config import RunConfig
+from synthquant.workflows.amyloid import init_amyloid_wf
+
+
+def session_wf_name(inputs) -> str:
+    """``sub_01_wf`` or ``sub_01_ses_1_wf``: the graph name of one session."""
+    return f"sub_{inputs.subject}" + (f"_ses_{inputs.session}" if inputs.session else "") + "_wf"
+
+
+def methods_for(inputs, config: RunConfig) -> tuple[tuple[str, ...], list[str]]:
+    """The methods to run on one session, and warnings for those that cannot run.
+
+    Default (DESIGN): synthmr, plus mr where a T1w exists.
+    """
+    from synthquant.config import IMPLEMENTED_METHODS
+
+    requested = config.methods or ("mr", "synthmr")
+    warnings, methods = [], []
+    for method in requested:
+        if method == "mr" and inputs.t1w is None:
+            warnings.append(f"{inputs.key}: method 'mr' skipped: no T1w in the dataset for this session")
+        elif method not in IMPLEMENTED_METHODS:
+            if config.methods:  # asked for explicitly
+                warnings.append(f"{inputs.key}: method '{method}' is not available in this release; skipped")
+        else:
+            methods.append(method)
+    return tuple(methods), warnings
+
+
+def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict) -> tuple[pe.Workflow, dict, list]:
+    """Build the graph for every runnable session.
+
+    Returns the workflow, ``{wf_name: session key}`` and warnings (methods skipped).
+    """
+    workflow = pe.Workflow(name="synthquant_wf", base_dir=str(config.work_dir))
+    names, warnings = {}, []
+    for inputs in sessions:
+        methods, method_warnings = methods_for(inputs, config)
+        warnings += method_warnings
+        if not methods:
+            warnings.append(f"{inputs.key}: no method can run; session skipped")
+            continue
+        name = session_wf_name(inputs)
+        sub_wf = init_amyloid_wf(inputs=inputs, methods=methods, output_dir=str(config.output_dir),
+                                 template_resolution=config.template_resolution, omp_nthreads=config.omp_nthreads,
+                                 centiloid_equation=config.centiloid_equation,
+                                 base_sidecar={**base_sidecar, "Site": inputs.site}, name=name)
+        workflow.add_nodes([sub_wf])
+        names[name] = inputs.key
+    return workflow, names, warnings
