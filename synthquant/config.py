@@ -51,7 +51,7 @@ class RunConfig:
         return json.dumps({k: plain(v) for k, v in asdict(self).items()}, indent=2)
 
 
-def apply_threads(omp_nthreads: int) -> None:
+def apply_threads(omp_nthreads: int, seed: int = 0) -> None:
     """Set the thread counts of ITK, BLAS/OpenMP and torch for this process and its children.
 
     ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once, when antspyx is imported, so this
@@ -61,3 +61,5 @@ def apply_threads(omp_nthreads: int) -> None:
     for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "MKL_NUM_THREADS"):
         os.environ[var] = n
+    # ANTs seeds its metric sampling from this variable (see synthquant.registration).
+    os.environ["ANTS_RANDOM_SEED"] = str(int(seed) + 1)

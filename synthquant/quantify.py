@@ -154,5 +154,6 @@ def quantify_static_pet(pet_template: str | Path, out_dir: str | Path, *, tracer
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """TSV text with ``n/a`` for missing values (BIDS) and fixed precision for reproducible files."""
-    return table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6f")
+    """TSV text with ``n/a`` for missing values (BIDS) and 4 decimals, so reruns give identical
+    files (multi-threaded ANTs differs by ~1e-3 mm between runs; see synthquant.registration)."""
+    return table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.4f")
