@@ -14,12 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def configure_nipype(work_dir: Path) -> None:
-    """Quiet, resumable Nipype: our own progress lines replace its log; crashes go to files."""
-    from nipype import config, logging  # noqa: PLC0415
-
-    config.update_config({
-        "execution": {
+def nipype_execution(work_dir: Path) -> dict:
+    """Execution settings: crash files in the work dir, keep going past a crash, fast polling."""
+    return {
             "crashdump_dir": str(work_dir / "crash"),
             "crashfile_format": "txt",
             "stop_on_first_crash": "false",
@@ -27,7 +24,21 @@ def configure_nipype(work_dir: Path) -> None:
             "poll_sleep_duration": "0.2",  # NOTES: 2 s default makes a cached rerun slow
             "hash_method": "timestamp",
             "check_version": "false",
-        },
+    }
+
+
+def configure_nipype(workflow, work_dir: Path) -> None:
+    """Quiet, resumable Nipype: our own progress lines replace its log; crashes go to files.
+
+    A workflow copies the global configuration when it is created, so the execution
+    settings are set on the workflow itself too.
+    """
+    from nipype import config, logging  # noqa: PLC0415
+
+    execution = nipype_execution(work_dir)
+    workflow.config["execution"].update(execution)
+    config.update_config({
+        "execution": execution,
         "logging": {"workflow_level": "CRITICAL", "interface_level": "CRITICAL", "utils_level": "CRITICAL",
                     "log_to_file": "false"},
         "monitoring": {"enabled": "false"},
@@ -40,7 +51,7 @@ class Progress:
     """Nipype status callback: one line per finished step, per session."""
 
     names: dict[str, str]              # sub-workflow name -> session key
-    stream: object = sys.stdout
+    stream: object = None  # default: sys.stdout at print time (tests redirect it)
     started: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)   # session key -> node name
 
@@ -59,10 +70,10 @@ class Progress:
             return
         seconds = time.monotonic() - self.started.pop(node.fullname, time.monotonic())
         if status == "end":
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: {step} done ({seconds:.1f} s)", file=self.stream, flush=True)
+            print(f"[{time.strftime('%H:%M:%S')}] {key}: {step} done ({seconds:.1f} s)", file=self.stream or sys.stdout, flush=True)
         elif status == "exception":
             self.failed.setdefault(key, step)
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: {step} FAILED", file=self.stream, flush=True)
+            print(f"[{time.strftime('%H:%M:%S')}] {key}: {step} FAILED", file=self.stream or sys.stdout, flush=True)
 
 
 def crash_reasons(work_dir: Path, since: float, names: dict[str, str]) -> dict[str, str]:
@@ -101,7 +112,7 @@ def expected_outputs(workflow, names: dict[str, str]) -> dict[str, list[Path]]:
 
 def run_graph(workflow, names: dict[str, str], *, plugin: str, plugin_args: dict, work_dir: Path) -> dict[str, str]:
     """Run the graph; return ``{session key: failure reason}`` for the sessions that failed."""
-    configure_nipype(work_dir)
+    configure_nipype(workflow, work_dir)
     progress = Progress(names)
     args = dict(plugin_args)
     if plugin in ("MultiProc", "Linear", "SLURM", "SGE", "PBS", "LSF", "Condor", "OAR", "IPython"):
