@@ -96,13 +96,27 @@ def main() -> int:
     first, rows_first = run_once(config, sessions, memory)
     cached, rows_cached = run_once(config, sessions, memory)
 
+    # What a user sees: the whole command, Python start-up, imports and discovery included.
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "run_workflow.py"), str(bids),
+               str(config.output_dir), "participant", "--participant-label", args.subject, "--methods", "mr",
+               "-w", str(config.work_dir), "--template-resolution", f"{args.template_resolution:g}",
+               "--nprocs", "1", "--omp-nthreads", str(args.omp_nthreads), "--skip-bids-validation"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    cli_rerun = time.perf_counter() - start
+
     table = pd.DataFrame(rows_first).merge(pd.DataFrame(rows_cached), on="node", suffixes=("_first", "_cached"))
     pd.set_option("display.width", 160)
     print(f"\none subject ({args.preset} preset), SyN at {args.template_resolution:g} mm, "
           f"{args.omp_nthreads} ITK threads, Linear plugin")
     print(table.round(3).to_string(index=False))
-    print(f"\nfirst run: {first:.1f} s wall (goal <= 120 s at 1 mm); cached rerun: {cached:.1f} s; "
-          f"ratio {cached / first:.1%} (goal <= 5 %)")
+    print(f"\nfirst run: {first:.1f} s wall (goal <= 120 s at 1 mm); cached rerun of the graph: {cached:.2f} s "
+          f"(ratio {cached / first:.1%}, goal <= 5 %)")
+    print(f"cached rerun of the whole command (start-up, imports, input checks): {cli_rerun:.1f} s "
+          f"(ratio {cli_rerun / first:.1%})")
     return 0
 
 

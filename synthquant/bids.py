@@ -112,15 +112,16 @@ def site_of(subject: str, participants: pd.DataFrame, *sidecars: dict) -> str:
     return "n/a"
 
 
-def select_subjects(layout, requested: tuple[str, ...]) -> list[str]:
-    """The requested labels (all if none), each checked to exist in the dataset."""
-    available = sorted(layout.get_subjects())
+def select_subjects(bids_dir: Path, requested: tuple[str, ...]) -> list[str]:
+    """The requested labels (all if none), each checked to be a label and a ``sub-`` folder."""
+    bids_dir = Path(bids_dir)
+    available = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir() and _LABEL.match(p.name[4:]))
     if not requested:
         return available
     labels = [clean_label(label) for label in requested]
     missing = [label for label in labels if label not in available]
     if missing:
-        raise InputError(layout.root, f"participant(s) not in the dataset: {', '.join('sub-' + m for m in missing)}")
+        raise InputError(bids_dir, f"participant(s) not in the dataset: {', '.join('sub-' + m for m in missing)}")
     return labels
 
 
@@ -162,7 +163,7 @@ def discover(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
     bids_dir = Path(bids_dir)
     layout = load_layout(bids_dir)
     participants = participants_table(bids_dir)
-    subjects = select_subjects(layout, participant_labels)
+    subjects = select_subjects(bids_dir, participant_labels)
     found, refused, warnings = [], {}, []
     for subject in subjects:
         sessions = layout.get_sessions(subject=subject) or [None]
@@ -196,6 +197,32 @@ def discover(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
             except InputError as err:
                 refused[key] = str(err)
     return Discovery(amyloid=found, refused=refused, warnings=warnings)
+
+
+def bids_validator_issues(bids_dir: Path, *, limit: int = 5) -> list[str]:
+    """Errors of the BIDS validator (``bids-validator-deno``, offline), one line each.
+
+    They are reported, not fatal: every file a subject needs is checked again by
+    :func:`discover`, which leaves out only the subjects whose files are unusable.
+    """
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).with_name("bids-validator-deno"))
+    if not Path(exe).exists():
+        return ["BIDS validator not installed (pip install bids-validator-deno); validation skipped"]
+    try:
+        proc = subprocess.run([exe, str(bids_dir), "--format", "json", "--ignoreWarnings"],
+                              capture_output=True, text=True, timeout=600)
+        issues = json.loads(proc.stdout)["issues"]["issues"]
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, OSError) as err:
+        return [f"BIDS validator could not run ({type(err).__name__}); validation skipped"]
+    errors = [i for i in issues if i.get("severity") == "error"]
+    lines = [f"BIDS validator: {i.get('location', '')}: {i['code']}"
+             + (f" ({i['subCode']})" if i.get("subCode") else "") for i in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"BIDS validator: ... and {len(errors) - limit} more error(s)")
+    return lines
 
 
 # --- derivatives ---------------------------------------------------------------------------
@@ -236,6 +263,16 @@ def write_derivative(source: Path, output_dir: Path, entities: dict, datatype: s
     if sidecar is not None:
         atomic_write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n",
                           target.with_name(target.name[: -len(extension)] + ".json"))
+    return target
+
+
+def write_report_file(source: Path, output_dir: Path, relative: str) -> Path:
+    """Copy a report file (HTML, figure) to ``output_dir/relative``, atomically."""
+    target = Path(output_dir) / relative
+    if ".." in Path(relative).parts or Path(relative).is_absolute():
+        raise ValueError(f"report path {relative!r} leaves the output directory")
+    with atomic_output(target) as tmp:
+        shutil.copyfile(source, tmp)
     return target
 
 

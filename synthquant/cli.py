@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-by", choices=["site"], default=None)
     parser.add_argument("--plugin", default="MultiProc", help="Nipype plugin (MultiProc, Linear, SLURM, ...)")
     parser.add_argument("--plugin-args", type=json.loads, default={}, metavar="JSON")
-    parser.add_argument("--skip-bids-validation", action="store_true")
+    parser.add_argument("--skip-bids-validation", action="store_true",
+                        help="do not run the BIDS validator (its errors are reported, not fatal)")
     parser.add_argument("--template-resolution", type=float, default=1.0, metavar="MM",
                         help="template voxel size for SyN normalisation (default 1 mm)")
     parser.add_argument("--centiloid-equation", default=None, metavar="SLOPE,INTERCEPT",
@@ -85,10 +86,18 @@ def say(message: str) -> None:
 
 def run_participant(config: RunConfig) -> int:
     """Discover, check, build and run; return the exit status."""
-    from synthquant.bids import clean_label, discover, software_versions, write_dataset_description
+    from synthquant.bids import (
+        bids_validator_issues,
+        discover,
+        select_subjects,
+        software_versions,
+        write_dataset_description,
+    )
 
-    for label in config.participant_labels:
-        clean_label(label)  # path characters fail here, before pybids sees them
+    select_subjects(config.bids_dir, config.participant_labels)  # bad labels fail first, in one line
+    if not config.skip_bids_validation:
+        for line in bids_validator_issues(config.bids_dir):
+            print(f"WARNING {line}", file=sys.stderr, flush=True)
     say(f"indexing {config.bids_dir}")
     found = discover(config.bids_dir, config.participant_labels, centiloid_equation=config.centiloid_equation)
     for key, reason in found.refused.items():

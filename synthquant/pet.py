@@ -78,13 +78,14 @@ def make_static_pet(pet_file: str | Path, sidecar: dict, out_dir: str | Path, *,
     # Reference: the duration-weighted mean of the selected frames; motion is small, so one
     # pass onto this mean suffices (as SPM's realign with register-to-mean off).
     reference = np.tensordot(data[..., frames], weights / weights.sum(), axes=([3], [0]))
-    reference_file = save_image(reference, img.affine, out_dir / "reference.nii.gz")
+    reference_file = save_image(reference, img.affine, out_dir / "reference.nii")
     realigned, rows = [], []
     for index in frames:
-        frame_file = save_image(data[..., index], img.affine, out_dir / f"frame-{index:02d}.nii.gz")
-        warped_file = out_dir / f"frame-{index:02d}_realigned.nii.gz"
+        frame_file = save_image(data[..., index], img.affine, out_dir / f"frame-{index:02d}.nii")
+        warped_file = out_dir / f"frame-{index:02d}_realigned.nii"
+        # The metric on a 3 mm grid: PET resolution is 5-8 mm FWHM.
         transform = rigid_register(reference_file, frame_file, out_dir, prefix=f"frame-{index:02d}_",
-                                   warped_out=warped_file)
+                                   fixed_resolution=3.0, warped_out=warped_file)
         realigned.append(load_image(warped_file, require_nonzero=False).get_fdata(dtype=np.float32))
         rows.append({"frame": index, "displacement_mm": round(frame_displacement(transform), 3)})
     static = np.tensordot(np.stack(realigned, axis=-1), weights / weights.sum(), axes=([3], [0]))

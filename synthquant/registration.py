@@ -20,6 +20,10 @@ from pathlib import Path
 from synthquant import atlases
 from synthquant.image import atomic_output
 
+#: Rigid stages run at 4x and 2x shrink only: PET is smooth (5-8 mm FWHM), so the full
+#: resolution adds nothing but time (a 1.5 mm PET frame took 15-20 s per frame with it).
+RIGID_SCHEDULE = {"aff_iterations": (200, 100), "aff_shrink_factors": (4, 2), "aff_smoothing_sigmas": (2, 1)}
+
 #: SyN iterations per level (shrink 4, 2, 1). Mattes MI rather than CC: CC (radius 2) took
 #: 85-97 s at 2 mm here against 6 s, for no gain on the phantom cohorts.
 SYN_ITERATIONS = (40, 20, 0)
@@ -42,24 +46,40 @@ def _write(img, path: Path) -> Path:
     return path
 
 
+def _no_finer_than(img, resolution_mm: float):
+    """The image resampled to ``resolution_mm`` isotropic voxels when its own are finer.
+
+    Registration cost scales with the fixed image's size, while a smooth PET carries nothing
+    finer than a few mm: a 2 mm fixed T1w made PET->T1w coregistration 0.95 s instead of 17 s.
+    The transforms are physical, so they hold for the full-resolution images.
+    """
+    if min(img.spacing) >= resolution_mm - 1e-3:
+        return img
+    return _ants().resample_image(img, (resolution_mm,) * 3, use_voxels=False, interp_type=0)
+
+
 def rigid_register(fixed: str | Path, moving: str | Path, out_dir: str | Path, *, prefix: str = "rigid_",
-                   fixed_mask: str | Path | None = None, warped_out: str | Path | None = None) -> Path:
+                   fixed_resolution: float = 2.0, warped_out: str | Path | None = None) -> Path:
     """Rigid, mutual-information registration of ``moving`` onto ``fixed``.
 
     Returns the forward transform (an ITK .mat file mapping moving into fixed space), and
-    writes the resampled moving image to ``warped_out`` when given. Used for PET->T1w
-    coregistration (Choi & Lee 2018 coregister PET to MR rigidly) and frame realignment.
+    writes the moving image resampled on the fixed grid to ``warped_out`` when given. Used
+    for PET->T1w coregistration (Choi & Lee 2018 coregister PET to MR rigidly) and frame
+    realignment. The metric is computed on ``fixed`` at no finer than ``fixed_resolution`` mm.
     """
     ants = _ants()
     out_dir = Path(out_dir)
-    mask = _read(fixed_mask) if fixed_mask else None
+    fixed_img, moving_img = _read(fixed), _read(moving)
     result = ants.registration(
-        fixed=_read(fixed), moving=_read(moving), type_of_transform="Rigid",
-        aff_metric="mattes", mask=mask, outprefix=str(out_dir / prefix),
+        fixed=_no_finer_than(fixed_img, fixed_resolution), moving=moving_img, type_of_transform="Rigid",
+        aff_metric="mattes", outprefix=str(out_dir / prefix), **RIGID_SCHEDULE,
     )
+    transform = Path(result["fwdtransforms"][0])
     if warped_out:
-        _write(result["warpedmovout"], Path(warped_out))
-    return Path(result["fwdtransforms"][0])
+        warped = ants.apply_transforms(fixed=fixed_img, moving=moving_img, transformlist=[str(transform)],
+                                       interpolator="linear")
+        _write(warped, Path(warped_out))
+    return transform
 
 
 @dataclass(frozen=True)
@@ -79,7 +99,8 @@ def normalize_to_template(t1w: str | Path, out_dir: str | Path, *, resolution: f
        metric restricted to the template's dilated brain mask, so scalp is pushed out.
     2. The template brain mask, pulled back through that affine and dilated, strips the
        skull; N4 removes the bias field inside it.
-    3. Affine + SyN (Mattes MI) of the brain onto the template brain at ``resolution`` mm.
+    3. Affine of the brain onto the template brain at 2 mm, then SyN (Mattes MI) at
+       ``resolution`` mm; the transforms returned chain both (warp, then affine).
     """
     ants = _ants()
     out_dir = Path(out_dir)
@@ -104,10 +125,16 @@ def normalize_to_template(t1w: str | Path, out_dir: str | Path, *, resolution: f
     corrected = ants.n4_bias_field_correction(head, mask=mask_native, shrink_factor=4)
     brain = corrected * mask_native
 
+    # Affine of the brain at 2 mm (cheap), then SyN alone at the requested resolution: the
+    # affine stage of a combined "SyN" at 1 mm cost 20 s more for the same result.
+    brain_affine = ants.registration(
+        fixed=template_coarse, moving=brain, type_of_transform="Affine", initial_transform=initial["fwdtransforms"],
+        aff_metric="mattes", outprefix=str(out_dir / "affine_"),
+    )
     template = _read(atlases.template_t1w(resolution))
     result = ants.registration(
-        fixed=template, moving=brain, type_of_transform="SyN", initial_transform=initial["fwdtransforms"],
-        aff_metric="mattes", syn_metric="mattes", reg_iterations=SYN_ITERATIONS, outprefix=str(out_dir / "norm_"),
+        fixed=template, moving=brain, type_of_transform="SyNOnly", initial_transform=brain_affine["fwdtransforms"],
+        syn_metric="mattes", reg_iterations=SYN_ITERATIONS, outprefix=str(out_dir / "norm_"),
     )
     return Normalization(
         t1w_brain=_write(brain, out_dir / "t1w_brain.nii.gz"),

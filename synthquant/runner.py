@@ -105,6 +105,9 @@ def expected_outputs(workflow, names: dict[str, str]) -> dict[str, list[Path]]:
             continue
         key = next((names[p] for p in node.fullname.split(".") if p in names), None)
         for spec in node.inputs.specs:
+            if "path" in spec:
+                expected[key].append(Path(node.inputs.output_dir) / spec["path"])
+                continue
             expected[key].append(derivative_path(Path(node.inputs.output_dir), spec["entities"], spec["datatype"],
                                                  spec["suffix"], spec["extension"]))
     return expected

@@ -138,6 +138,8 @@ def test_bad_subjects_fail_alone_with_one_line_each(participant_run, dataset):
         assert filename in lines[0] and reason in lines[0], lines[0]
         assert not (participant_run["out"] / f"sub-{label}").exists()  # nothing half-written
     assert "WARNING sub-not1w: method 'mr' skipped: no T1w" in stderr
+    # The BIDS validator runs first and reports (without stopping the run) the missing timing.
+    assert "WARNING BIDS validator: /sub-notiming/pet/sub-notiming_trc-FBP_pet.nii.gz: SIDECAR_KEY_REQUIRED" in stderr
 
 
 def test_output_tree_is_complete(participant_run):
@@ -154,7 +156,11 @@ def test_output_tree_is_complete(participant_run):
             f"{mni}_desc-mr_pet.json", f"{mni}_desc-mr_pet.nii.gz",
             f"{mni}_desc-mr_suvr.json", f"{mni}_desc-mr_suvr.nii.gz",
             f"{mni}_seg-AAL2_desc-mr_suvr.json", f"{mni}_seg-AAL2_desc-mr_suvr.tsv",
+            f"sub-{label}/figures/sub-{label}_desc-mr_suvr.png",
+            f"sub-{label}/figures/sub-{label}_desc-regions_suvr.png",
         ]), label
+        report = (out / f"sub-{label}.html").read_text()
+        assert f'src="sub-{label}/figures/sub-{label}_desc-mr_suvr.png"' in report
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "synthquant"

@@ -1,6 +1,7 @@
 """Nipype interfaces: thin wrappers over synthquant's plain functions."""
 
 from synthquant.interfaces.amyloid import (
+    AmyloidReport,
     NormalizeToTemplate,
     QuantifySUVR,
     RigidCoregistration,
@@ -9,5 +10,5 @@ from synthquant.interfaces.amyloid import (
 )
 from synthquant.interfaces.derivatives import DerivativesSink
 
-__all__ = ["DerivativesSink", "NormalizeToTemplate", "QuantifySUVR", "RigidCoregistration", "StaticPET",
+__all__ = ["AmyloidReport", "DerivativesSink", "NormalizeToTemplate", "QuantifySUVR", "RigidCoregistration", "StaticPET",
            "ToTemplate"]

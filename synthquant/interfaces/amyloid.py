@@ -142,3 +142,38 @@ class QuantifySUVR(SimpleInterface):
                                      centiloid_equation=self.inputs.centiloid_equation or None)
         self._results.update(result)
         return runtime
+
+
+class _ReportInputSpec(BaseInterfaceInputSpec):
+    subject_key = traits.Str(mandatory=True, desc="sub-<L>[_ses-<S>]")
+    site = traits.Str("n/a", usedefault=True)
+    tracer = traits.Str("FBP", usedefault=True)
+    methods = traits.List(traits.Str, mandatory=True)
+    suvr_maps = InputMultiObject(File(exists=True), mandatory=True, desc="one per method")
+    t1w_templates = InputMultiObject(File(exists=True), mandatory=True, desc="one per method")
+    suvr_tables = InputMultiObject(File(exists=True), mandatory=True, desc="one per method")
+    metadata = traits.List(traits.Dict, mandatory=True, desc="one per method")
+    notes = traits.List(traits.Str, usedefault=True)
+
+
+class _ReportOutputSpec(TraitedSpec):
+    html = File(exists=True)
+    figures = OutputMultiObject(File(exists=True))
+
+
+class AmyloidReport(SimpleInterface):
+    """Render the per-subject HTML report (:func:`synthquant.reports.amyloid.render_amyloid_report`)."""
+
+    input_spec = _ReportInputSpec
+    output_spec = _ReportOutputSpec
+
+    def _run_interface(self, runtime):
+        from synthquant.reports.amyloid import render_amyloid_report
+
+        result = render_amyloid_report(
+            subject_key=self.inputs.subject_key, site=self.inputs.site, tracer=self.inputs.tracer,
+            methods=list(self.inputs.methods), suvr_maps=list(self.inputs.suvr_maps),
+            t1w_templates=list(self.inputs.t1w_templates), suvr_tables=list(self.inputs.suvr_tables),
+            metadata=list(self.inputs.metadata), notes=list(self.inputs.notes), out_dir=runtime.cwd)
+        self._results.update(result)
+        return runtime

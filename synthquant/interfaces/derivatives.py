@@ -17,7 +17,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     output_dir = traits.Str(mandatory=True, desc="root of the derivatives dataset")
     in_files = InputMultiObject(File(exists=True), mandatory=True)
     specs = traits.List(traits.Dict, mandatory=True,
-                        desc="per file: datatype, suffix, extension, entities, sidecar (dict)")
+                        desc="per file: datatype, suffix, extension, entities, sidecar (dict); "
+                             "or {'path': relative path} for files outside the BIDS tree (reports)")
     metadata = traits.Dict(usedefault=True, desc="fields merged into every sidecar")
     notes = traits.List(traits.Str, usedefault=True, desc="free-text notes added to every sidecar")
 
@@ -39,12 +40,15 @@ class DerivativesSink(SimpleInterface):
     def _run_interface(self, runtime):
         from pathlib import Path
 
-        from synthquant.bids import write_derivative
+        from synthquant.bids import write_derivative, write_report_file
 
         if len(self.inputs.in_files) != len(self.inputs.specs):
             raise ValueError("DerivativesSink: one spec per file is required")
         written = []
         for in_file, spec in zip(self.inputs.in_files, self.inputs.specs):
+            if "path" in spec:
+                written.append(str(write_report_file(Path(in_file), Path(self.inputs.output_dir), spec["path"])))
+                continue
             sidecar = {**spec.get("sidecar", {}), **self.inputs.metadata}
             if self.inputs.notes:
                 sidecar["Notes"] = list(self.inputs.notes)

@@ -6,7 +6,14 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from synthquant.atlases import TEMPLATE_SPACE, WORKING_RESOLUTION
-from synthquant.interfaces import DerivativesSink, QuantifySUVR, RigidCoregistration, StaticPET, ToTemplate
+from synthquant.interfaces import (
+    AmyloidReport,
+    DerivativesSink,
+    QuantifySUVR,
+    RigidCoregistration,
+    StaticPET,
+    ToTemplate,
+)
 from synthquant.workflows.normalize import init_normalize_wf
 
 #: What each method's outputs say about how the PET reached template space.
@@ -67,7 +74,27 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
         (static_pet, ds_static, [(("note", _as_list), "notes")]),
     ])
 
-    for method in methods:
+    # The report gathers every method's map, T1w, table and metadata (one Merge input per method).
+    n = len(methods)
+    report_inputs = {field: pe.Node(niu.Merge(n), name=f"report_{field}", run_without_submitting=True)
+                     for field in ("suvr_maps", "t1w_templates", "suvr_tables", "metadata")}
+    report = pe.Node(AmyloidReport(subject_key=inputs.key, site=inputs.site, tracer=inputs.tracer,
+                                   methods=list(methods), notes=list(inputs.notes)), name="report", mem_gb=0.5)
+    report_files = pe.Node(niu.Merge(2), name="report_files", run_without_submitting=True)
+    figures = [f"{inputs.key}_desc-{m}_suvr.png" for m in methods] + [f"{inputs.key}_desc-regions_suvr.png"]
+    ds_report = pe.Node(DerivativesSink(output_dir=output_dir, specs=[{"path": f"{inputs.key}.html"}] + [
+        {"path": f"sub-{inputs.subject}/figures/{name}"} for name in figures]), name="ds_report",
+        run_without_submitting=True)
+    workflow.connect([
+        (report_inputs["suvr_maps"], report, [("out", "suvr_maps")]),
+        (report_inputs["t1w_templates"], report, [("out", "t1w_templates")]),
+        (report_inputs["suvr_tables"], report, [("out", "suvr_tables")]),
+        (report_inputs["metadata"], report, [("out", "metadata")]),
+        (report, report_files, [("html", "in1"), ("figures", "in2")]),
+        (report_files, ds_report, [("out", "in_files")]),
+    ])
+
+    for index, method in enumerate(methods, start=1):
         if method != "mr":
             raise ValueError(f"method {method!r} is not implemented in this release")
         # -- how the PET reaches template space: method mr --------------------------------------
@@ -114,6 +141,10 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
             (t1w_template[0], method_files, [(t1w_template[1], "in4")]),
             (method_files, ds_method, [("out", "in_files")]),
             (quantify, ds_method, [("metadata", "metadata")]),
+            (quantify, report_inputs["suvr_maps"], [("suvr_map", f"in{index}")]),
+            (t1w_template[0], report_inputs["t1w_templates"], [(t1w_template[1], f"in{index}")]),
+            (quantify, report_inputs["suvr_tables"], [("suvr_table", f"in{index}")]),
+            (quantify, report_inputs["metadata"], [("metadata", f"in{index}")]),
         ])
     return workflow
 
