@@ -103,7 +103,8 @@ def main() -> int:
     command = [sys.executable, str(Path(__file__).resolve().parents[1] / "run_workflow.py"), str(bids),
                str(config.output_dir), "participant", "--participant-label", args.subject, "--methods", "mr",
                "-w", str(config.work_dir), "--template-resolution", f"{args.template_resolution:g}",
-               "--nprocs", "1", "--omp-nthreads", str(args.omp_nthreads), "--skip-bids-validation"]
+               "--nprocs", str(args.omp_nthreads), "--omp-nthreads", str(args.omp_nthreads),
+               "--skip-bids-validation"]
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
     cli_rerun = time.perf_counter() - start

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: synthmr, plus mr where a T1w exists")
     parser.add_argument("-w", "--work-dir", type=Path, default=None, help="default: OUTPUT_DIR/../work")
     parser.add_argument("--nprocs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--omp-nthreads", type=int, default=None, help="threads per process (default: nprocs)")
+    parser.add_argument("--omp-nthreads", type=int, default=None,
+                        help="threads per process (default and maximum: nprocs)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--models", type=Path, default=None, metavar="DIR")
     parser.add_argument("--batch-by", choices=["site"], default=None)
@@ -73,7 +74,9 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ru
         work_dir=(args.work_dir or output_dir.parent / "work").resolve(),
         participant_labels=tuple(args.participant_label), pipeline=args.pipeline,
         methods=tuple(args.methods) if args.methods else None, nprocs=args.nprocs,
-        omp_nthreads=args.omp_nthreads or args.nprocs, device=args.device, models_dir=args.models,
+        # A node may not use more threads than the scheduler has processes (else MultiProc
+        # can never start it).
+        omp_nthreads=min(args.omp_nthreads or args.nprocs, args.nprocs), device=args.device, models_dir=args.models,
         batch_by=args.batch_by, plugin=args.plugin, plugin_args=args.plugin_args,
         skip_bids_validation=args.skip_bids_validation, template_resolution=args.template_resolution,
         centiloid_equation=args.centiloid_equation, lesion_dir=args.lesion_dir,
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ET", "1")  # no Nipype version check over the network
     parser = build_parser()
     args = parser.parse_args(argv)
-    apply_threads(args.omp_nthreads or args.nprocs)
+    apply_threads(min(args.omp_nthreads or args.nprocs, args.nprocs))
     try:
         if args.demo:
             return run_demo(args.demo, args.nprocs)

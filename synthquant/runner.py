@@ -121,15 +121,16 @@ def run_graph(workflow, names: dict[str, str], *, plugin: str, plugin_args: dict
     if plugin in ("MultiProc", "Linear", "SLURM", "SGE", "PBS", "LSF", "Condor", "OAR", "IPython"):
         args.setdefault("status_callback", progress)
     since = time.time() - 1
+    graph_error = None
     try:
         workflow.run(plugin=plugin, plugin_args=args)
-    except RuntimeError:
-        pass  # some nodes crashed: find out which sessions below
+    except RuntimeError as err:  # some nodes crashed (found below), or the scheduler refused
+        graph_error = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     reasons = crash_reasons(work_dir, since, names)
     failures = {}
     for key, files in expected_outputs(workflow, names).items():
         fresh = all(f.exists() and f.stat().st_mtime >= since for f in files)
         if not fresh:
             failures[key] = reasons.get(key) or (f"failed in {progress.failed[key]}" if key in progress.failed
-                                                 else "did not complete (see the crash files in the work dir)")
+                                                 else f"did not complete ({graph_error or 'see the work dir'})")
     return failures

@@ -14,15 +14,45 @@ from synthquant.phantom.anatomy import Deformation, Pose, TemplateAnatomy, pull_
 from synthquant.phantom.sites import ImageGrid, T1wProtocol
 
 
+BRAIN_CLASSES = ("gm", "wm", "csf")
+
+
+def template_t1w_on(anatomy: TemplateAnatomy) -> np.ndarray:
+    """The MNI152 T1 template on the anatomy's padded grid."""
+    import nibabel as nib  # noqa: PLC0415
+
+    from synthquant.atlases import template_t1w  # noqa: PLC0415
+
+    t1 = np.asarray(nib.load(str(template_t1w(anatomy.resolution))).dataobj, dtype=np.float32)
+    pad = (np.array(anatomy.shape) - np.array(t1.shape)) // 2
+    return np.pad(t1, [(int(p), int(p)) for p in pad])
+
+
 def contrast_map(anatomy: TemplateAnatomy, contrast: dict[str, float]) -> np.ndarray:
-    """Noise-free signal in template space: each tissue fraction times its signal."""
+    """Noise-free signal in template space.
+
+    Inside the brain, the MNI152 T1 template's own intensities, remapped monotonically so its
+    CSF, GM and WM take the site's contrast: a subject's T1w resembles the template's average
+    anatomy, deep grey matter included. (A mixture of the tissue priors would not: the priors
+    give the caudate and putamen mixed GM/WM fractions, hence a contrast the template T1 lacks,
+    and SyN then bends the deep grey matter to match it.) The head layers outside the brain
+    are their fractions times their signal.
+    """
     unknown = set(contrast) - set(anatomy.tissues)
     if unknown:
         raise ValueError(f"contrast names tissues the anatomy lacks: {sorted(unknown)}")
     signal = np.zeros(anatomy.shape, np.float32)
     for tissue, value in contrast.items():
-        signal += np.float32(value) * anatomy.tissues[tissue]
-    return signal
+        if tissue not in BRAIN_CLASSES:
+            signal += np.float32(value) * anatomy.tissues[tissue]
+    brain = sum(anatomy.tissues[t] for t in BRAIN_CLASSES)
+    t1 = template_t1w_on(anatomy)
+    anchors = [float(np.median(t1[anatomy.tissues[t] > 0.9])) for t in ("csf", "gm", "wm")]
+    if not anchors[0] < anchors[1] < anchors[2]:
+        raise ValueError(f"template T1 intensities not ordered CSF < GM < WM: {anchors}")
+    site = [contrast["csf"], contrast["gm"], contrast["wm"]]
+    remapped = np.interp(t1, [0.0, *anchors, 2 * anchors[2]], [0.0, *site, 2 * site[2]]).astype(np.float32)
+    return signal + brain * remapped
 
 
 def bias_field(rng: np.random.Generator, shape, amplitude: float, order: int = 2) -> np.ndarray:
