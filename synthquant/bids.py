@@ -73,7 +73,6 @@ class Discovery:
 
     amyloid: list[AmyloidInputs]
     refused: dict[str, str]   # "sub-X[_ses-Y]" -> one-line reason
-    warnings: list[str]
 
 
 def load_layout(bids_dir: Path):
@@ -164,7 +163,7 @@ def discover(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
     layout = load_layout(bids_dir)
     participants = participants_table(bids_dir)
     subjects = select_subjects(bids_dir, participant_labels)
-    found, refused, warnings = [], {}, []
+    found, refused = [], {}
     for subject in subjects:
         sessions = layout.get_sessions(subject=subject) or [None]
         for session in sessions:
@@ -196,7 +195,7 @@ def discover(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
                 found.append(inputs)
             except InputError as err:
                 refused[key] = str(err)
-    return Discovery(amyloid=found, refused=refused, warnings=warnings)
+    return Discovery(amyloid=found, refused=refused)
 
 
 def bids_validator_issues(bids_dir: Path, *, limit: int = 5) -> list[str]:

@@ -139,7 +139,7 @@ def run_participant(config: RunConfig) -> int:
 def run_group_level(config: RunConfig) -> int:
     from synthquant.group import run_group
 
-    paths = run_group(config.output_dir)
+    paths = run_group(config.output_dir, config.bids_dir)
     for name, path in paths.items():
         say(f"group level: wrote {path}")
     return EXIT_OK

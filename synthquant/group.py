@@ -38,13 +38,18 @@ def collect_amyloid(output_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[AMYLOID_COLUMNS]
 
 
-def run_group(output_dir: Path) -> dict[str, Path]:
-    """Write ``group/amyloid_suvr.tsv``; refuse when no participant output exists yet."""
+def run_group(output_dir: Path, bids_dir: Path) -> dict[str, Path]:
+    """Write ``group/amyloid_suvr.tsv`` and ``group/group.html``; refuse when no participant
+    output exists yet."""
+    from synthquant.bids import participants_table  # noqa: PLC0415
     from synthquant.quantify import format_table  # noqa: PLC0415
+    from synthquant.reports.group import write_group_report  # noqa: PLC0415
 
     amyloid = collect_amyloid(output_dir)
     if amyloid.empty:
         raise InputError(output_dir, "no participant-level SUVR tables found; run the participant level first")
     amyloid["n_voxels"] = amyloid["n_voxels"].astype(int)
-    path = atomic_write_text(format_table(amyloid), Path(output_dir) / "group" / "amyloid_suvr.tsv")
-    return {"amyloid_suvr": path}
+    group_dir = Path(output_dir) / "group"
+    table = atomic_write_text(format_table(amyloid), group_dir / "amyloid_suvr.tsv")
+    report = write_group_report(amyloid, participants_table(Path(bids_dir)), group_dir)
+    return {"amyloid_suvr": table, "report": report}

@@ -37,12 +37,6 @@ def _clone_subject(bids: Path, source: str, target: str) -> tuple[Path, Path]:
             bids / f"sub-{target}/anat/sub-{target}_T1w.nii.gz")
 
 
-def _fix_participants(bids: Path) -> None:
-    """Keep participants.tsv columns consistent after appending rows."""
-    table = pd.read_csv(bids / "participants.tsv", sep="\t", dtype=str)
-    table.to_csv(bids / "participants.tsv", sep="\t", index=False)
-
-
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("e2e")
@@ -95,7 +89,6 @@ def dataset(tmp_path_factory) -> dict:
     pet, _ = _clone_subject(bids, "02", "static")          # 3D PET: taken as already averaged
     img = nib.load(pet)
     nib.save(nib.Nifti1Image(img.get_fdata(dtype=np.float32).mean(axis=3), img.affine, img.header), pet)
-    _fix_participants(bids)
     assert list(pd.read_csv(bids / "participants.tsv", sep="\t").columns) == list(header)
     return {"bids": bids, "root": root, "bad": bad}
 
@@ -198,6 +191,14 @@ def test_group_table_has_design_columns(group_table):
     composite = group_table[group_table["region"] == "composite"]
     assert composite["centiloid"].notna().all()
     assert group_table[group_table["region"] != "composite"]["centiloid"].isna().all()
+
+
+def test_group_report_shows_every_participant(group_table, participant_run):
+    page = (participant_run["out"] / "group" / "group.html").read_text()
+    assert 'src="figures/group_desc-centiloid_bysite.png"' in page
+    assert (participant_run["out"] / "group" / "figures" / "group_desc-centiloid_bysite.png").stat().st_size > 5000
+    for participant in group_table["participant_id"].unique():
+        assert f"<td>{participant}</td>" in page
 
 
 def test_suvr_matches_phantom_truth(group_table, dataset):
