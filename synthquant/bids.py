@@ -198,6 +198,14 @@ def discover(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
     return Discovery(amyloid=found, refused=refused)
 
 
+def bids_validator_executable() -> Path | None:
+    """``bids-validator-deno`` on PATH or beside this Python (a venv used without activation)."""
+    import sys  # noqa: PLC0415
+
+    found = shutil.which("bids-validator-deno") or str(Path(sys.executable).with_name("bids-validator-deno"))
+    return Path(found) if Path(found).exists() else None
+
+
 def bids_validator_issues(bids_dir: Path, *, limit: int = 5) -> list[str]:
     """Errors of the BIDS validator (``bids-validator-deno``, offline), one line each.
 
@@ -205,10 +213,9 @@ def bids_validator_issues(bids_dir: Path, *, limit: int = 5) -> list[str]:
     :func:`discover`, which leaves out only the subjects whose files are unusable.
     """
     import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
 
-    exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).with_name("bids-validator-deno"))
-    if not Path(exe).exists():
+    exe = bids_validator_executable()
+    if exe is None:
         return ["BIDS validator not installed (pip install bids-validator-deno); validation skipped"]
     try:
         proc = subprocess.run([exe, str(bids_dir), "--format", "json", "--ignoreWarnings"],

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+
+from synthquant.bids import bids_validator_executable
 from scipy import ndimage
 
 from synthquant.atlases import working_grid
@@ -56,10 +57,9 @@ def _digest(root):
 
 
 def test_bids_validator_reports_no_errors(cohort):
-    executable = shutil.which("bids-validator-deno")
-    if executable is None:
-        pytest.skip("bids-validator-deno is not installed")
-    run = subprocess.run([executable, "--format", "json", str(cohort)], capture_output=True, text=True,
+    executable = bids_validator_executable()  # a runtime dependency: absent is a failure
+    assert executable is not None, "bids-validator-deno is not installed"
+    run = subprocess.run([str(executable), "--format", "json", str(cohort)], capture_output=True, text=True,
                          timeout=300)
     issues = json.loads(run.stdout)["issues"]["issues"]
     errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
