@@ -65,8 +65,11 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ru
         raise InputError(args.bids_dir, "BIDS directory not found")
     if output_dir == bids_dir:
         raise InputError(args.output_dir, "output directory must differ from the BIDS directory")
-    if args.template_resolution not in (1.0, 1.5, 2.0, 3.0):
-        raise InputError(None, "--template-resolution must be 1, 1.5, 2 or 3 (mm)")
+    from synthquant.atlases import TEMPLATE_RESOLUTIONS
+
+    if args.template_resolution not in TEMPLATE_RESOLUTIONS:
+        raise InputError(None, "--template-resolution must be one of "
+                               f"{', '.join(f'{r:g}' for r in TEMPLATE_RESOLUTIONS)} (mm)")
     if args.nprocs < 1:
         raise InputError(None, "--nprocs must be at least 1")
     return RunConfig(
@@ -162,7 +165,10 @@ def run_demo(output_dir: Path, nprocs: int) -> int:
     from synthquant.evaluation import compare_to_truth
 
     summary = compare_to_truth(config.output_dir / "group" / "amyloid_suvr.tsv", bids_dir)
+    print("\nSUVR error against the phantom's ground truth (what a perfect normalisation would measure; "
+          "mae/bias in SUVR units, centiloid_* in CL):")
     print(summary.to_string(index=False))
+    print(f"\nreports: {config.output_dir}/sub-*.html and {config.output_dir}/group/group.html")
     return status
 
 

@@ -35,6 +35,8 @@ from synthquant.image import grid_affine, resample_to_grid, save_image
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 #: Voxel size (mm) of the grid on which regions are quantified (AAL2 and the GAAIN VOIs are 2 mm).
 WORKING_RESOLUTION = 2.0
+#: Template voxel sizes (mm) offered for SyN; the cache is built for all of them.
+TEMPLATE_RESOLUTIONS = (1.0, 1.5, 2.0, 3.0)
 #: Bump when a derived file's recipe changes, so old caches are not reused.
 CACHE_VERSION = "1"
 
@@ -243,8 +245,8 @@ def region_masks(grid: Grid | None = None) -> dict[str, np.ndarray]:
     return _region_masks(grid or working_grid())
 
 
-def prepare(resolutions: tuple[float, ...] = (1.0, 2.0)) -> list[Path]:
-    """Build every cached file up front (used by the Docker image and the first run)."""
+def prepare(resolutions: tuple[float, ...] = TEMPLATE_RESOLUTIONS) -> list[Path]:
+    """Build every cached file up front (install step; the Docker image's cache is read-only)."""
     paths = []
     for res in resolutions:
         paths += [template_t1w(res), brain_mask(res)] + [tissue_prior(t, res) for t in ("gm", "wm", "csf")]
