@@ -226,3 +226,12 @@ def test_unknown_or_unsafe_labels_are_usage_errors(dataset, tmp_path, capsys):
         err = capsys.readouterr().err
         assert status == 2 and reason in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_other_tracer_runs_when_its_centiloid_equation_is_named(dataset):
+    from synthquant.bids import discover
+
+    refused = discover(dataset["bids"], ("fbb",))
+    assert "not florbetapir" in refused.refused["sub-fbb"]
+    accepted = discover(dataset["bids"], ("fbb",), centiloid_equation="100,-100")
+    assert [s.tracer for s in accepted.amyloid] == ["FBB"] and not accepted.refused
