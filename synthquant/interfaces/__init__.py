@@ -9,6 +9,7 @@ from synthquant.interfaces.amyloid import (
     ToTemplate,
 )
 from synthquant.interfaces.derivatives import DerivativesSink
+from synthquant.interfaces.synthesis import SynthesizeMR
 
 __all__ = ["AmyloidReport", "DerivativesSink", "NormalizeToTemplate", "QuantifySUVR", "RigidCoregistration", "StaticPET",
-           "ToTemplate"]
+           "SynthesizeMR", "ToTemplate"]

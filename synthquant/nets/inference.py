@@ -1,0 +1,67 @@
+"""Pseudo-T1w from a florbetapir PET with a trained generator (Choi & Lee 2018).
+
+The PET is resliced to the generator's grid (:mod:`synthquant.nets.grid`), cut into axial
+slices (with k adjacent slices as channels for a 2.5D model), run in batches under
+``torch.inference_mode`` (autocast on CUDA only), and the pseudo-T1w is written back on the
+PET's own grid with the PET's affine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from synthquant.errors import InputError
+from synthquant.image import load_image, save_image
+from synthquant.nets.grid import AXIAL_MATRIX, VOXEL_MM, from_generator_grid, to_generator_grid
+
+
+def slice_stack(volume: np.ndarray, channels: int) -> np.ndarray:
+    """(z, channels, x, y) slices: each axial slice with its ``channels // 2`` neighbours on
+    either side as channels (edges repeat the outermost slice); 1 channel is plain 2D."""
+    if channels < 1 or channels % 2 == 0:
+        raise ValueError(f"a 2.5D input needs an odd number of channels, got {channels}")
+    half = channels // 2
+    n = volume.shape[2]
+    index = np.clip(np.arange(n)[:, None] + np.arange(-half, half + 1)[None, :], 0, n - 1)
+    return np.ascontiguousarray(np.moveaxis(volume[:, :, index], (2, 3), (0, 1)))
+
+
+def check_card_grid(card: dict, model_path: Path) -> None:
+    """Refuse a model trained on another input grid than the one this code produces."""
+    grid = card.get("input_grid")
+    if grid is None:
+        return
+    if tuple(grid.get("voxel_mm", VOXEL_MM)) != VOXEL_MM or tuple(grid.get("matrix", AXIAL_MATRIX)) != AXIAL_MATRIX:
+        raise InputError(model_path, f"model expects a {grid} input grid; synthquant makes {VOXEL_MM} mm, "
+                                     f"{AXIAL_MATRIX} slices")
+
+
+def synthesize_mr(pet_file: str | Path, model_path: str | Path, out_file: str | Path, *, device: str = "auto",
+                  batch_size: int = 16, omp_nthreads: int = 1) -> dict:
+    """Write the pseudo-T1w of a static PET; return its path, the model's SHA-256 and the device."""
+    import torch  # noqa: PLC0415
+
+    from synthquant.nets import NETS_REGISTRY, load_model  # noqa: PLC0415
+    from synthquant.nets.device import choose_device  # noqa: PLC0415
+
+    torch_device = choose_device(device, omp_nthreads=omp_nthreads)
+    loaded = load_model(model_path, NETS_REGISTRY, device=str(torch_device))
+    check_card_grid(loaded.card, Path(model_path))
+    pet = load_image(pet_file)
+    pet_data = pet.get_fdata(dtype=np.float32)
+    volume, grid = to_generator_grid(pet_data, pet.affine)
+    channels = int(loaded.card.get("kwargs", {}).get("in_channels", 1))
+    slices = slice_stack(volume, channels)
+    output = np.empty((slices.shape[0], *volume.shape[:2]), np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(slices), batch_size):
+            batch = torch.from_numpy(slices[start:start + batch_size]).to(torch_device)
+            with torch.autocast("cuda", enabled=torch_device.type == "cuda"):
+                pseudo = loaded.model(batch)
+            output[start:start + len(batch)] = pseudo[:, 0].float().cpu().numpy()
+    pseudo_t1w = np.moveaxis(output, 0, 2)  # back to (x, y, z)
+    on_pet_grid = from_generator_grid(pseudo_t1w, grid, pet_data.shape, pet.affine)
+    save_image(on_pet_grid, pet.affine, out_file)
+    return {"pseudo_t1w": str(out_file), "model_sha256": loaded.sha256, "device": torch_device.type}
