@@ -36,5 +36,5 @@ class SynthesizeMR(SimpleInterface):
         result = synthesize_mr(self.inputs.pet, self.inputs.model, Path(runtime.cwd) / "pseudo_t1w.nii.gz",
                                device=self.inputs.device, batch_size=self.inputs.batch_size,
                                omp_nthreads=self.inputs.omp_nthreads)
-        self._results.update(result)
+        self._results.update({key: result[key] for key in ("pseudo_t1w", "model_sha256", "device")})
         return runtime

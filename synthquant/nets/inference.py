@@ -39,8 +39,13 @@ def check_card_grid(card: dict, model_path: Path) -> None:
 
 
 def synthesize_mr(pet_file: str | Path, model_path: str | Path, out_file: str | Path, *, device: str = "auto",
-                  batch_size: int = 16, omp_nthreads: int = 1) -> dict:
-    """Write the pseudo-T1w of a static PET; return its path, the model's SHA-256 and the device."""
+                  batch_size: int = 16, omp_nthreads: int = 1, bf16: bool = False) -> dict:
+    """Write the pseudo-T1w of a static PET; return its path, the model's SHA-256 and the device.
+
+    Convolutions run channels-last (same numbers, faster on CPU: shared NOTES.md measured
+    0.08 s/slice against 0.11-0.22 s); ``bf16`` adds bfloat16 autocast on the CPU (about
+    0.06 s/slice, at bfloat16 precision). On CUDA, autocast is always on.
+    """
     import torch  # noqa: PLC0415
 
     from synthquant.nets import NETS_REGISTRY, load_model  # noqa: PLC0415
@@ -48,6 +53,7 @@ def synthesize_mr(pet_file: str | Path, model_path: str | Path, out_file: str | 
 
     torch_device = choose_device(device, omp_nthreads=omp_nthreads)
     loaded = load_model(model_path, NETS_REGISTRY, device=str(torch_device))
+    model = loaded.model.to(memory_format=torch.channels_last)
     check_card_grid(loaded.card, Path(model_path))
     pet = load_image(pet_file)
     pet_data = pet.get_fdata(dtype=np.float32)
@@ -58,10 +64,14 @@ def synthesize_mr(pet_file: str | Path, model_path: str | Path, out_file: str | 
     with torch.inference_mode():
         for start in range(0, len(slices), batch_size):
             batch = torch.from_numpy(slices[start:start + batch_size]).to(torch_device)
-            with torch.autocast("cuda", enabled=torch_device.type == "cuda"):
-                pseudo = loaded.model(batch)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            on_cuda = torch_device.type == "cuda"
+            with torch.autocast(torch_device.type, dtype=torch.float16 if on_cuda else torch.bfloat16,
+                                enabled=on_cuda or bf16):
+                pseudo = model(batch)
             output[start:start + len(batch)] = pseudo[:, 0].float().cpu().numpy()
     pseudo_t1w = np.moveaxis(output, 0, 2)  # back to (x, y, z)
     on_pet_grid = from_generator_grid(pseudo_t1w, grid, pet_data.shape, pet.affine)
     save_image(on_pet_grid, pet.affine, out_file)
-    return {"pseudo_t1w": str(out_file), "model_sha256": loaded.sha256, "device": torch_device.type}
+    return {"pseudo_t1w": str(out_file), "model_sha256": loaded.sha256, "device": torch_device.type,
+            "n_slices": int(len(slices))}
