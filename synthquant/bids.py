@@ -40,6 +40,13 @@ def clean_label(label: str, *, what: str = "participant label") -> str:
     return text
 
 
+def sidecar_of(image: str | Path) -> Path:
+    """The JSON sidecar beside a NIfTI file (``x.nii.gz`` or ``x.nii`` -> ``x.json``)."""
+    image = Path(image)
+    stem = image.name.removesuffix(".gz").removesuffix(".nii")
+    return image.with_name(stem + ".json")
+
+
 def _inside(path: Path, root: Path) -> Path:
     """Refuse a file that resolves (through links) outside the dataset."""
     resolved = path.resolve()
@@ -59,7 +66,6 @@ class AmyloidInputs:
     pet: Path
     pet_sidecar: dict
     t1w: Path | None
-    diagnosis: str = "n/a"
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -140,7 +146,7 @@ def check_amyloid_session(inputs: AmyloidInputs, *, centiloid_equation: str | No
         raise InputError(inputs.pet, f"tracer '{inputs.tracer}' is not florbetapir (FBP); name its Centiloid "
                                      "equation with --centiloid-equation SLOPE,INTERCEPT to process it")
     pet = load_image(inputs.pet, ndim=(3, 4))
-    sidecar_path = str(inputs.pet).replace(".nii.gz", ".json").replace(".nii", ".json")
+    sidecar_path = sidecar_of(inputs.pet)
     if pet.ndim == 4:
         if pet.shape[3] > 1 and not ("FrameTimesStart" in inputs.pet_sidecar and "FrameDuration" in inputs.pet_sidecar):
             raise InputError(sidecar_path, f"4D PET ({pet.shape[3]} frames) but the sidecar has no "
@@ -179,7 +185,7 @@ def discover(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
                 if len(pets) > 1:
                     raise InputError(pets[0].path, f"{len(pets)} amyloid PET runs in one session; expected one")
                 pet = _inside(Path(pets[0].path), bids_dir)
-                sidecar_path = Path(str(pet).replace(".nii.gz", ".json").replace(".nii", ".json"))
+                sidecar_path = sidecar_of(pet)
                 sidecar = read_sidecar(sidecar_path) if sidecar_path.exists() else layout.get_metadata(str(pet))
                 t1ws = layout.get(suffix="T1w", datatype="anat", **query)
                 t1w = _inside(Path(t1ws[0].path), bids_dir) if t1ws else None
@@ -188,8 +194,6 @@ def discover(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
                     subject=subject, session=session, site=site_of(subject, participants, sidecar, t1w_sidecar),
                     tracer=tracer_of(pet, sidecar, pets[0].entities.get("tracer")), pet=pet,
                     pet_sidecar=sidecar, t1w=t1w,
-                    diagnosis=str(participants.loc[subject, "diagnosis"]) if "diagnosis" in participants
-                    and subject in participants.index else "n/a",
                 )
                 check_amyloid_session(inputs, centiloid_equation=centiloid_equation)
                 found.append(inputs)
