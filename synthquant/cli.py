@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_workflow.py",
         description="synthquant: quantify brain PET when a modality is missing, by synthesising it.",
-        epilog="Demo: run_workflow.py --demo OUTPUT_DIR (synthetic cohort, participant and group levels).",
+        epilog="Demo: run_workflow.py --demo OUTPUT_DIR (synthetic cohort, participant and group levels). "
+               "Training: run_workflow.py train mr-from-fbp BIDS_DIR --out DIR (see train --help).",
     )
     parser.add_argument("bids_dir", nargs="?", type=Path, help="root of the BIDS dataset")
     parser.add_argument("output_dir", nargs="?", type=Path, help="where the derivatives dataset is written")
@@ -90,6 +91,31 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def check_synthesis(config: RunConfig, sessions: list) -> tuple[object | None, str]:
+    """Load the ``mr_from_fbp`` model and choose its device once, before any subject runs.
+
+    A missing, corrupt, pickled or mismatched model, or ``--device cuda`` without a GPU, is then
+    one line and exit 2, not the same failure in every subject.
+    """
+    from synthquant.workflows.base import methods_for
+
+    if not any("synthmr" in methods_for(inputs, config)[0] for inputs in sessions):
+        return None, "cpu"
+    from synthquant.models import MR_FROM_FBP, resolve_model
+    from synthquant.nets.device import choose_device
+
+    device = choose_device(config.device, omp_nthreads=config.omp_nthreads)
+    if config.device == "auto":
+        say(f"synthesis device: {device.type} (--device auto)")
+    model = resolve_model(MR_FROM_FBP, config.models_dir)
+    say(f"synthesis model: {model.weights} (SHA-256 {model.sha256[:12]}...)")
+    if model.synthetic_only:
+        print(f"WARNING {model.weights}: demo weights trained on synthetic phantoms only; for real data pass "
+              "--models DIR with a model trained on real PET/MR pairs (run_workflow.py train mr-from-fbp)",
+              file=sys.stderr, flush=True)
+    return model, device.type
+
+
 def run_participant(config: RunConfig) -> int:
     """Discover, check, build and run; return the exit status."""
     from synthquant.bids import (
@@ -121,7 +147,9 @@ def run_participant(config: RunConfig) -> int:
     (config.output_dir / "logs" / "config.json").write_text(config.to_json())
 
     base_sidecar = {"SoftwareVersions": software_versions()}
-    workflow, names, warnings = init_participant_wf(config, found.amyloid, base_sidecar)
+    synth_model, synth_device = check_synthesis(config, found.amyloid)
+    workflow, names, warnings = init_participant_wf(config, found.amyloid, base_sidecar, synth_model=synth_model,
+                                                    synth_device=synth_device)
     for warning in warnings:
         print(f"WARNING {warning}", file=sys.stderr, flush=True)
     failures = {}
@@ -174,6 +202,11 @@ def run_demo(output_dir: Path, nprocs: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ET", "1")  # no Nipype version check over the network
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":
+        from synthquant.train import train_main
+
+        return train_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     apply_threads(min(args.omp_nthreads or args.nprocs, args.nprocs))

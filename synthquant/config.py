@@ -10,7 +10,7 @@ from pathlib import Path
 #: Method labels (DESIGN, "Method labels"): used as ``desc-`` values and in tables.
 METHODS = ("mr", "synthmr", "pettemplate", "multiatlas", "petseg")
 #: Methods this release implements end to end.
-IMPLEMENTED_METHODS = ("mr",)
+IMPLEMENTED_METHODS = ("mr", "synthmr")
 PIPELINES = ("amyloid", "myelin", "all")
 
 

@@ -120,6 +120,11 @@ def run_graph(workflow, names: dict[str, str], *, plugin: str, plugin_args: dict
     args = dict(plugin_args)
     if plugin in ("MultiProc", "Linear", "SLURM", "SGE", "PBS", "LSF", "Condor", "OAR", "IPython"):
         args.setdefault("status_callback", progress)
+    if plugin == "MultiProc":
+        # Workers come from a fresh forkserver, not a fork of this process: the CLI has already
+        # used torch (the model check), and a forked child that then runs torch on the CPU
+        # hangs in libgomp's thread-pool barrier (GNU OpenMP is not fork-safe; seen here).
+        args.setdefault("mp_context", "forkserver")
     since = time.time() - 1
     graph_error = None
     try:

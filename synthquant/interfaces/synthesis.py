@@ -22,6 +22,7 @@ class _SynthesizeMROutputSpec(TraitedSpec):
     pseudo_t1w = File(exists=True, desc="pseudo-T1w on the PET's grid, with the PET's affine")
     model_sha256 = traits.Str()
     device = traits.Str(desc="the device that ran the model")
+    notes = traits.List(traits.Str, desc="sidecar notes (e.g. a PET grid far from the model's)")
 
 
 class SynthesizeMR(SimpleInterface):
@@ -36,5 +37,5 @@ class SynthesizeMR(SimpleInterface):
         result = synthesize_mr(self.inputs.pet, self.inputs.model, Path(runtime.cwd) / "pseudo_t1w.nii.gz",
                                device=self.inputs.device, batch_size=self.inputs.batch_size,
                                omp_nthreads=self.inputs.omp_nthreads)
-        self._results.update({key: result[key] for key in ("pseudo_t1w", "model_sha256", "device")})
+        self._results.update({key: result[key] for key in ("pseudo_t1w", "model_sha256", "device", "notes")})
         return runtime

@@ -1,6 +1,7 @@
-"""Networks for PET-to-MR synthesis: the pix2pix U-Net generator and PatchGAN discriminator
-(Isola et al. 2017, as used by Choi & Lee 2018), their losses and optimisers, and safetensors
-checkpoints with a JSON card (never pickles)."""
+"""Networks: PET-to-MR synthesis (the pix2pix U-Net generator and PatchGAN discriminator of
+Isola et al. 2017, as used by Choi & Lee 2018), the myelin arm's 3D Sketcher-Refiner GANs
+(Wei et al. 2019), their losses and optimisers, and safetensors checkpoints with a JSON card
+(never pickles)."""
 
 from synthquant.nets.checkpoint import LoadedModel, load_model, save_model
 from synthquant.nets.pix2pix import (
@@ -16,9 +17,47 @@ from synthquant.nets.pix2pix import (
     make_optimizers,
     train_step,
 )
+from synthquant.nets.sketcher_refiner import (
+    MYELIN_NETS_REGISTRY,
+    PatchDiscriminator3D,
+    Refiner3D,
+    Sketcher3D,
+    SketcherRefiner3D,
+    define_patch_discriminator_3d,
+    define_refiner,
+    define_sketcher,
+    make_refiner_optimizers,
+    make_sketcher_optimizers,
+    mse,
+    predict_volume,
+    psnr,
+    refiner_train_step,
+    region_weights,
+    saliency_map,
+    sketcher_train_step,
+    weighted_l1,
+)
 
 __all__ = [
+    "MYELIN_NETS_REGISTRY",
     "NETS_REGISTRY",
+    "PatchDiscriminator3D",
+    "Refiner3D",
+    "Sketcher3D",
+    "SketcherRefiner3D",
+    "define_patch_discriminator_3d",
+    "define_refiner",
+    "define_sketcher",
+    "make_refiner_optimizers",
+    "make_sketcher_optimizers",
+    "mse",
+    "predict_volume",
+    "psnr",
+    "refiner_train_step",
+    "region_weights",
+    "saliency_map",
+    "sketcher_train_step",
+    "weighted_l1",
     "GeneratorLossTerms",
     "LoadedModel",
     "PatchDiscriminator2D",

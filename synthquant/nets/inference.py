@@ -13,8 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from synthquant.errors import InputError
-from synthquant.image import load_image, save_image
+from synthquant.image import load_image, save_image, voxel_sizes
 from synthquant.nets.grid import AXIAL_MATRIX, VOXEL_MM, from_generator_grid, to_generator_grid
+
+#: A PET voxel more than this factor larger or smaller than the model's, on any axis, is "far"
+#: from the model's grid: it is still resampled, and the sidecar says so.
+FAR_GRID_RATIO = 1.5
 
 
 def slice_stack(volume: np.ndarray, channels: int) -> np.ndarray:
@@ -36,6 +40,29 @@ def check_card_grid(card: dict, model_path: Path) -> None:
     if tuple(grid.get("voxel_mm", VOXEL_MM)) != VOXEL_MM or tuple(grid.get("matrix", AXIAL_MATRIX)) != AXIAL_MATRIX:
         raise InputError(model_path, f"model expects a {grid} input grid; synthquant makes {VOXEL_MM} mm, "
                                      f"{AXIAL_MATRIX} slices")
+
+
+def grid_note(pet_affine: np.ndarray) -> str | None:
+    """A sidecar note when the PET's voxels are far from the generator's 1.2 x 1.0 x 1.0 mm.
+
+    Every PET is resliced to the model grid (trilinear) and the pseudo-T1w back; a coarse PET
+    (e.g. 2 x 2 x 3.3 mm) gives the network slices interpolated well beyond what it saw in
+    training when those were acquired near 1 mm, so the user is told.
+    """
+    # Voxel sizes in world (RAS) axis order, as VOXEL_MM is: a sagittal or coronal PET stores
+    # its axes in another order.
+    data_mm = np.asarray(voxel_sizes(pet_affine), float)
+    world_axis = np.abs(pet_affine[:3, :3]).argmax(axis=0)
+    pet_mm = data_mm.copy()
+    if len(set(world_axis)) == 3:
+        pet_mm[world_axis] = data_mm
+    ratio = np.maximum(pet_mm / np.asarray(VOXEL_MM), np.asarray(VOXEL_MM) / pet_mm)
+    if np.all(ratio <= FAR_GRID_RATIO):
+        return None
+    sizes = " x ".join(f"{v:.2f}" for v in pet_mm)
+    return (f"PET voxels ({sizes} mm) are far from the synthesis model's grid "
+            f"({' x '.join(f'{v:g}' for v in VOXEL_MM)} mm): the PET was resampled (trilinear) to the model "
+            "grid and the pseudo-T1w resampled back to the PET grid")
 
 
 def synthesize_mr(pet_file: str | Path, model_path: str | Path, out_file: str | Path, *, device: str = "auto",
@@ -73,5 +100,6 @@ def synthesize_mr(pet_file: str | Path, model_path: str | Path, out_file: str | 
     pseudo_t1w = np.moveaxis(output, 0, 2)  # back to (x, y, z)
     on_pet_grid = from_generator_grid(pseudo_t1w, grid, pet_data.shape, pet.affine)
     save_image(on_pet_grid, pet.affine, out_file)
+    note = grid_note(pet.affine)
     return {"pseudo_t1w": str(out_file), "model_sha256": loaded.sha256, "device": torch_device.type,
-            "n_slices": int(len(slices))}
+            "n_slices": int(len(slices)), "notes": [note] if note else []}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -12,6 +14,7 @@ from synthquant.interfaces import (
     QuantifySUVR,
     RigidCoregistration,
     StaticPET,
+    SynthesizeMR,
     ToTemplate,
 )
 from synthquant.workflows.normalize import init_normalize_wf
@@ -21,11 +24,73 @@ METHOD_DESCRIPTIONS = {
     "mr": "PET rigidly coregistered (ANTs, Mattes MI) to the subject's real T1w; T1w skull-stripped, "
           "N4-corrected and normalised (ANTs affine + SyN, CC) to MNI152NLin2009aSym; PET resampled "
           "through the composed transforms (Choi & Lee 2018, gold-standard method).",
+    "synthmr": "Pseudo-T1w generated from the static PET by a pix2pix generator (Choi & Lee 2018), on the PET's "
+               "own grid; skull-stripped, N4-corrected and normalised (ANTs affine + SyN, CC) to "
+               "MNI152NLin2009aSym exactly as a real T1w; the PET follows the same transforms (no "
+               "coregistration: the pseudo-T1w shares the PET's space).",
 }
+
+
+class Route(NamedTuple):
+    """How one method brings the static PET to template space.
+
+    Each field is a (node, output field) pair to connect from; ``notes`` None means the
+    session's notes only.
+    """
+
+    transforms: tuple
+    t1w_template: tuple
+    sidecar: dict
+    notes: tuple | None = None
+
+
+def _mr_route(workflow, inputnode, static_pet, *, template_resolution, omp_nthreads) -> Route:
+    """Real T1w: PET -> T1w rigid, T1w -> template (affine + SyN)."""
+    normalize_wf = init_normalize_wf(resolution=template_resolution, omp_nthreads=omp_nthreads,
+                                     name="normalize_mr_wf")
+    coreg = pe.Node(RigidCoregistration(), name="coreg_mr", n_procs=omp_nthreads, mem_gb=1.0)
+    transforms = pe.Node(niu.Merge(2), name="transforms_mr", run_without_submitting=True)
+    workflow.connect([
+        (inputnode, normalize_wf, [("t1w", "inputnode.t1w")]),
+        (normalize_wf, coreg, [("outputnode.t1w_brain", "fixed")]),
+        (static_pet, coreg, [("static_pet", "moving")]),
+        # antsApplyTransforms order: SyN warp, affine (T1w -> template), then PET -> T1w rigid.
+        (normalize_wf, transforms, [("outputnode.transforms", "in1")]),
+        (coreg, transforms, [("transform", "in2")]),
+    ])
+    return Route((transforms, "out"), (normalize_wf, "outputnode.t1w_template"), {})
+
+
+def _synthmr_route(workflow, static_pet, *, model, device, use_gpu, template_resolution, omp_nthreads,
+                   output_dir, entities, sidecar, session_notes) -> Route:
+    """Pseudo-T1w from the PET -> template (affine + SyN), as for a real T1w (Choi & Lee 2018)."""
+    synthesize = pe.Node(SynthesizeMR(model=str(model.stem), device=device, use_gpu=use_gpu,
+                                      omp_nthreads=omp_nthreads), name="synthesize_mr",
+                         n_procs=1 if use_gpu else omp_nthreads, mem_gb=2.0)
+    normalize_wf = init_normalize_wf(resolution=template_resolution, omp_nthreads=omp_nthreads,
+                                     name="normalize_synthmr_wf")
+    notes = pe.Node(niu.Merge(2), name="notes_synthmr", run_without_submitting=True)
+    notes.inputs.in1 = list(session_notes)
+    ds_pseudo_t1w = pe.Node(DerivativesSink(output_dir=output_dir, specs=[
+        {"datatype": "anat", "suffix": "T1w", "extension": ".nii.gz",
+         "entities": {"sub": entities["sub"], "ses": entities["ses"], "desc": "synthmr"},
+         "sidecar": {**sidecar, "Description": "Pseudo-T1w generated from the static PET, on the PET's grid "
+                                               "(intensities in [0, 2]: the generator's [-1, 1] shifted)"}},
+    ]), name="ds_pseudo_t1w", run_without_submitting=True)
+    workflow.connect([
+        (static_pet, synthesize, [("static_pet", "pet")]),
+        (synthesize, normalize_wf, [("pseudo_t1w", "inputnode.t1w")]),
+        (synthesize, notes, [("notes", "in2")]),
+        (synthesize, ds_pseudo_t1w, [("pseudo_t1w", "in_files")]),
+        (notes, ds_pseudo_t1w, [("out", "notes")]),
+    ])
+    return Route((normalize_wf, "outputnode.transforms"), (normalize_wf, "outputnode.t1w_template"),
+                 {**model.provenance()}, (notes, "out"))
 
 
 def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, template_resolution: float = 1.0,
                     omp_nthreads: int = 1, centiloid_equation: str | None = None, base_sidecar: dict | None = None,
+                    synth_model=None, device: str = "auto", use_gpu: bool = False,
                     name: str = "amyloid_wf") -> pe.Workflow:
     """One PET session of the amyloid arm, for each requested method.
 
@@ -41,19 +106,25 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
         Template voxel size (mm) for SyN.
     base_sidecar
         Fields every sidecar carries (software versions, configuration).
+    synth_model : synthquant.models.ModelChoice, optional
+        The checked ``mr_from_fbp`` model; needed by ``synthmr``.
+    device, use_gpu
+        Where synthesis runs; ``use_gpu`` puts the node in MultiProc's GPU slots.
 
     Outputs (written by the ``ds_*`` sinks)
     ------------------------------------------
     ``pet/…_desc-static_pet.nii.gz``, and per method ``…_space-MNI152NLin2009aSym_desc-<method>_{pet,suvr}.nii.gz``,
-    ``…_seg-AAL2_desc-<method>_suvr.tsv`` and ``anat/…_space-MNI152NLin2009aSym_desc-<method>_T1w.nii.gz``.
+    ``…_seg-AAL2_desc-<method>_suvr.tsv`` and ``anat/…_space-MNI152NLin2009aSym_desc-<method>_T1w.nii.gz``;
+    for ``synthmr`` also the native pseudo-T1w ``anat/…_desc-synthmr_T1w.nii.gz``.
     """
     workflow = pe.Workflow(name=name)
     base_sidecar = dict(base_sidecar or {})
     entities = {"sub": inputs.subject, "ses": inputs.session, "trc": inputs.tracer}
     sources = [str(inputs.pet)] + ([str(inputs.t1w)] if inputs.t1w else [])
 
-    inputnode = pe.Node(niu.IdentityInterface(fields=["pet", "t1w"]), name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["pet", "t1w", "notes"]), name="inputnode")
     inputnode.inputs.pet = str(inputs.pet)
+    inputnode.inputs.notes = list(inputs.notes)
     if inputs.t1w:
         inputnode.inputs.t1w = str(inputs.t1w)
 
@@ -95,22 +166,23 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
     ])
 
     for index, method in enumerate(methods, start=1):
-        if method != "mr":
+        # -- how the PET reaches template space: one route per method ---------------------------
+        if method == "mr":
+            route = _mr_route(workflow, inputnode, static_pet, template_resolution=template_resolution,
+                              omp_nthreads=omp_nthreads)
+        elif method == "synthmr":
+            if synth_model is None:
+                raise ValueError("method synthmr needs a checked model (synthquant.models.resolve_model)")
+            route = _synthmr_route(workflow, static_pet, model=synth_model, device=device, use_gpu=use_gpu,
+                                   template_resolution=template_resolution, omp_nthreads=omp_nthreads,
+                                   output_dir=output_dir, entities=entities,
+                                   sidecar={**base_sidecar, **synth_model.provenance(),
+                                            "Sources": [str(inputs.pet)]},
+                                   session_notes=list(inputs.notes))
+        else:
             raise ValueError(f"method {method!r} is not implemented in this release")
-        # -- how the PET reaches template space: method mr --------------------------------------
-        normalize_wf = init_normalize_wf(resolution=template_resolution, omp_nthreads=omp_nthreads,
-                                         name=f"normalize_{method}_wf")
-        coreg = pe.Node(RigidCoregistration(), name=f"coreg_{method}", n_procs=omp_nthreads, mem_gb=1.0)
-        transforms = pe.Node(niu.Merge(2), name=f"transforms_{method}", run_without_submitting=True)
-        workflow.connect([
-            (inputnode, normalize_wf, [("t1w", "inputnode.t1w")]),
-            (normalize_wf, coreg, [("outputnode.t1w_brain", "fixed")]),
-            (static_pet, coreg, [("static_pet", "moving")]),
-            # antsApplyTransforms order: SyN warp, affine (T1w -> template), then PET -> T1w rigid.
-            (normalize_wf, transforms, [("outputnode.transforms", "in1")]),
-            (coreg, transforms, [("transform", "in2")]),
-        ])
-        t1w_template = (normalize_wf, "outputnode.t1w_template")
+        transforms, t1w_template = route.transforms, route.t1w_template
+        method_sidecar = dict(route.sidecar)
 
         # -- shared by every method: resample, quantify, write -----------------------------------
         pet_to_template = pe.Node(ToTemplate(), name=f"pet_to_template_{method}", mem_gb=1.0)
@@ -120,7 +192,7 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
         in_space = {**entities, "space": TEMPLATE_SPACE, "desc": method}
         sidecar = {**base_sidecar, "Method": method, "MethodDescription": METHOD_DESCRIPTIONS[method],
                    "Sources": sources, "TemplateResolution_mm": template_resolution,
-                   "QuantificationResolution_mm": WORKING_RESOLUTION}
+                   "QuantificationResolution_mm": WORKING_RESOLUTION, **method_sidecar}
         ds_method = pe.Node(DerivativesSink(output_dir=output_dir, notes=list(inputs.notes), specs=[
             {"datatype": "pet", "suffix": "pet", "extension": ".nii.gz", "entities": in_space,
              "sidecar": {**sidecar, "Description": "Static PET in template space"}},
@@ -132,14 +204,17 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
             {"datatype": "anat", "suffix": "T1w", "extension": ".nii.gz", "entities": {k: v for k, v in in_space.items() if k != "trc"},
              "sidecar": {**sidecar, "Description": f"T1w ({method}) skull-stripped, in template space"}},
         ]), name=f"ds_{method}", run_without_submitting=True)
+        if route.notes is None:  # the session's notes only
+            route = route._replace(notes=(inputnode, "notes"))
         workflow.connect([
             (static_pet, pet_to_template, [("static_pet", "in_file")]),
-            (transforms, pet_to_template, [("out", "transforms")]),
+            (transforms[0], pet_to_template, [(transforms[1], "transforms")]),
             (pet_to_template, quantify, [("out_file", "pet_template")]),
             (pet_to_template, method_files, [("out_file", "in1")]),
             (quantify, method_files, [("suvr_map", "in2"), ("suvr_table", "in3")]),
             (t1w_template[0], method_files, [(t1w_template[1], "in4")]),
             (method_files, ds_method, [("out", "in_files")]),
+            (route.notes[0], ds_method, [(route.notes[1], "notes")]),
             (quantify, ds_method, [("metadata", "metadata")]),
             (quantify, report_inputs["suvr_maps"], [("suvr_map", f"in{index}")]),
             (t1w_template[0], report_inputs["t1w_templates"], [(t1w_template[1], f"in{index}")]),

@@ -33,9 +33,12 @@ def methods_for(inputs, config: RunConfig) -> tuple[tuple[str, ...], list[str]]:
     return tuple(methods), warnings
 
 
-def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict) -> tuple[pe.Workflow, dict, list]:
+def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict, *, synth_model=None,
+                        synth_device: str = "cpu") -> tuple[pe.Workflow, dict, list]:
     """Build the graph for every runnable session.
 
+    ``synth_model`` is the checked ``mr_from_fbp`` model (``synthquant.models``) and
+    ``synth_device`` the device already chosen for it (``cpu`` or ``cuda``).
     Returns the workflow, ``{wf_name: session key}`` and warnings (methods skipped).
     """
     workflow = pe.Workflow(name="synthquant_wf", base_dir=str(config.work_dir))
@@ -49,7 +52,8 @@ def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict) -
         name = session_wf_name(inputs)
         sub_wf = init_amyloid_wf(inputs=inputs, methods=methods, output_dir=str(config.output_dir),
                                  template_resolution=config.template_resolution, omp_nthreads=config.omp_nthreads,
-                                 centiloid_equation=config.centiloid_equation,
+                                 centiloid_equation=config.centiloid_equation, synth_model=synth_model,
+                                 device=synth_device, use_gpu=synth_device == "cuda",
                                  base_sidecar={**base_sidecar, "Site": inputs.site}, name=name)
         workflow.add_nodes([sub_wf])
         names[name] = inputs.key
