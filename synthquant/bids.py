@@ -315,3 +315,19 @@ def write_dataset_description(output_dir: Path, bids_dir: Path | None = None) ->
     if bids_dir is not None:
         description["SourceDatasets"] = [{"URL": Path(bids_dir).resolve().as_uri()}]
     return atomic_write_text(json.dumps(description, indent=2) + "\n", Path(output_dir) / "dataset_description.json")
+
+
+def dataset_provenance(bids_dir: Path) -> tuple[str, bool]:
+    """The dataset's name, and whether synthquant.phantom generated it (its GeneratedBy).
+
+    Models and PET templates built from a phantom say so in their card or manifest.
+    """
+    from synthquant.phantom.bids_writer import GENERATOR  # noqa: PLC0415
+
+    try:
+        description = json.loads((Path(bids_dir) / "dataset_description.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return Path(bids_dir).name, False
+    generated = description.get("GeneratedBy") or []
+    phantom = any(isinstance(g, dict) and g.get("Name") == GENERATOR for g in generated)
+    return str(description.get("Name") or Path(bids_dir).name), phantom

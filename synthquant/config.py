@@ -38,7 +38,21 @@ class RunConfig:
     #: "SLOPE,INTERCEPT" for tracers without a built-in Centiloid equation.
     centiloid_equation: str | None = None
     lesion_dir: Path | None = None
+    #: Folder of FBP PET templates (pettemplate, multiatlas); default: ``models_dir/pet_templates``.
+    pet_templates_dir: Path | None = None
+    #: Group level: also build PET templates from this run's mr-normalised PETs.
+    build_pet_templates: bool = False
+    pet_template_levels: int = 4
     seed: int = 0
+
+    @property
+    def pet_templates(self) -> Path | None:
+        """Where the PET-template methods read their templates, if anywhere."""
+        if self.pet_templates_dir is not None:
+            return self.pet_templates_dir
+        if self.models_dir is not None and (self.models_dir / "pet_templates").is_dir():
+            return self.models_dir / "pet_templates"
+        return None
 
     def to_json(self) -> str:
         def plain(value):

@@ -49,3 +49,23 @@ def compare_to_truth(group_table: Path | pd.DataFrame, bids_dir: Path,
             row.update(centiloid_mae=np.abs(cl_error).mean(), centiloid_bias=cl_error.mean())
         rows.append(row)
     return pd.DataFrame(rows).round(4)
+
+
+def compare_to_method(group_table: Path | pd.DataFrame, reference: str = "mr",
+                      regions: tuple[str, ...] = SUMMARY_REGIONS) -> pd.DataFrame:
+    """MAE, SD of the absolute difference and bias of each method's SUVR against ``reference``
+    on the same sessions (Choi & Lee 2018, Table 2: MR-less methods against the MR-based one)."""
+    table = group_table if isinstance(group_table, pd.DataFrame) else pd.read_csv(group_table, sep="\t",
+                                                                                   na_values="n/a")
+    table = table[table["region"].isin(regions)]
+    keys = ["participant_id", "session_id", "region"]
+    gold = table[table["method"] == reference][keys + ["suvr"]].rename(columns={"suvr": "suvr_reference"})
+    paired = table[table["method"] != reference].merge(gold, on=keys, how="inner")
+    rows = []
+    for (method, region), part in paired.groupby(["method", "region"], sort=False):
+        difference = part["suvr"] - part["suvr_reference"]
+        rows.append({"method": method, "region": region, "n": len(part), "mae": np.abs(difference).mean(),
+                     "sd_abs_error": np.abs(difference).std(ddof=1) if len(part) > 1 else np.nan,
+                     "bias": difference.mean(), "max_abs_error": np.abs(difference).max()})
+    return pd.DataFrame(rows, columns=["method", "region", "n", "mae", "sd_abs_error", "bias",
+                                       "max_abs_error"]).round(4)

@@ -53,3 +53,16 @@ def run_group(output_dir: Path, bids_dir: Path) -> dict[str, Path]:
     table = atomic_write_text(format_table(amyloid), group_dir / "amyloid_suvr.tsv")
     report = write_group_report(amyloid, participants_table(Path(bids_dir)), group_dir)
     return {"amyloid_suvr": table, "report": report}
+
+
+def build_pet_templates_from_run(output_dir: Path, bids_dir: Path, *, n_levels: int = 4) -> dict[str, Path]:
+    """Average this run's mr-normalised PETs into FBP PET templates (Choi & Lee 2018), written
+    to ``group/pet_templates``: a normal-control template and ``n_levels`` multiatlas ones."""
+    from synthquant.bids import dataset_provenance  # noqa: PLC0415
+    from synthquant.pettemplates import build_pet_templates, training_set_from_derivatives  # noqa: PLC0415
+
+    maps, composites, diagnoses = training_set_from_derivatives(output_dir, bids_dir, method="mr")
+    name, synthetic = dataset_provenance(Path(bids_dir))
+    built = build_pet_templates(maps, composites, diagnoses, Path(output_dir) / "group" / "pet_templates",
+                                n_levels=n_levels, dataset=name, synthetic=synthetic)
+    return {"pet_templates": built["manifest"]}

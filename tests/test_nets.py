@@ -112,6 +112,22 @@ def test_checkpoint_round_trip(tmp_path):
                                                                        "g.safetensors"]
 
 
+def test_half_precision_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    torch.manual_seed(0)
+    generator = define_G(base_features=8, depth=6).eval()
+    save_model(generator, tmp_path / "full")
+    save_model(generator, tmp_path / "half", dtype=torch.float16)
+    full, half = (tmp_path / "full.safetensors").stat().st_size, (tmp_path / "half.safetensors").stat().st_size
+    assert 0.45 < half / full < 0.55
+    loaded = load_model(tmp_path / "half", NETS_REGISTRY)
+    assert loaded.card["stored_dtype"] == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    pet = torch.rand(1, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        # float16 keeps ~3 significant digits; outputs lie in [-1, 1].
+        assert torch.allclose(generator(pet), loaded.model(pet), atol=5e-3)
+
+
 @pytest.fixture
 def checkpoint(tmp_path):
     save_model(PatchDiscriminator2D(base_features=4, n_layers=2), tmp_path / "d", {})

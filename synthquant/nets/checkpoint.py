@@ -42,13 +42,15 @@ def _sha256(data: bytes) -> str:
 
 
 def save_model(model: nn.Module, path_without_suffix: str | Path,
-               card: Mapping[str, Any] | None = None) -> str:
+               card: Mapping[str, Any] | None = None, *, dtype: torch.dtype | None = None) -> str:
     """Write ``NAME.safetensors`` and ``NAME.json``; return the weights' SHA-256.
 
     The card gets ``architecture`` (the class name) and ``kwargs`` (the model's ``config``)
     unless the caller gives them, plus ``weights_sha256``; other caller keys are kept as is and
     must be JSON-serialisable. Both files are written to temporaries and then renamed, so a
-    failure never leaves a half-written checkpoint.
+    failure never leaves a half-written checkpoint. ``dtype`` (e.g. ``torch.float16``) stores
+    floating-point tensors at that precision, to halve a bundled file; loading casts them back
+    to the model's own dtype.
     """
     weights_path, card_path = _paths(path_without_suffix)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,9 @@ def save_model(model: nn.Module, path_without_suffix: str | Path,
     }
     state = {name: tensor.detach().cpu().contiguous()
              for name, tensor in model.state_dict().items()}
+    if dtype is not None:
+        state = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+        full_card["stored_dtype"] = str(dtype).removeprefix("torch.")
     tmp_weights = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
     tmp_card = card_path.with_name(f".{card_path.name}.{os.getpid()}.tmp")
     try:
