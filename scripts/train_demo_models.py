@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         make_amyloid_cohort(bids, n_subjects=args.n_subjects, preset="demo", seed=2026)
     out = args.root / f"model_c{args.channels}"
     result = train_mr_from_fbp(bids, out, work_dir=args.root / "pairs", validation_sites=["hillcrest"],
-                               channels=args.channels, batch_size=8, epochs=None, max_steps=None,
+                               channels=args.channels, batch_size=8, epochs=1000, max_steps=None,
                                time_limit_s=args.minutes * 60, seed=args.seed, device="cpu",
                                omp_nthreads=args.omp_nthreads, resume=True, **DEMO_ARCHITECTURE)
     print(json.dumps(result["validation"], indent=2, default=str))

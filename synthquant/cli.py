@@ -126,6 +126,25 @@ def check_synthesis(config: RunConfig, sessions: list) -> tuple[object | None, s
     return model, device.type
 
 
+def check_pet_templates(config: RunConfig, sessions: list):
+    """The (normal-control, multiatlas) FBP PET templates, checked, where a method needs them."""
+    from synthquant.config import TEMPLATE_METHODS
+    from synthquant.workflows.base import methods_for
+
+    needed = sorted({m for inputs in sessions for m in methods_for(inputs, config)[0] if m in TEMPLATE_METHODS})
+    if not needed:
+        return None
+    if config.pet_templates is None:
+        raise InputError(None, f"method(s) {', '.join(needed)} need FBP PET templates: build them with "
+                               "'run_workflow.py BIDS OUT group --build-pet-templates' on a cohort with T1w, "
+                               "then pass --pet-templates OUT/group/pet_templates")
+    from synthquant.pettemplates import load_pet_templates
+
+    nc_template, levels = load_pet_templates(config.pet_templates)
+    say(f"PET templates: {config.pet_templates} (normal control + {len(levels)} multiatlas)")
+    return nc_template, levels
+
+
 def run_participant(config: RunConfig) -> int:
     """Discover, check, build and run; return the exit status."""
     from synthquant.bids import (
@@ -158,8 +177,9 @@ def run_participant(config: RunConfig) -> int:
 
     base_sidecar = {"SoftwareVersions": software_versions()}
     synth_model, synth_device = check_synthesis(config, found.amyloid)
+    pet_templates = check_pet_templates(config, found.amyloid)
     workflow, names, warnings = init_participant_wf(config, found.amyloid, base_sidecar, synth_model=synth_model,
-                                                    synth_device=synth_device)
+                                                    synth_device=synth_device, pet_templates=pet_templates)
     for warning in warnings:
         print(f"WARNING {warning}", file=sys.stderr, flush=True)
     failures = {}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 #: Method labels (DESIGN, "Method labels"): used as ``desc-`` values and in tables.
 METHODS = ("mr", "synthmr", "pettemplate", "multiatlas", "petseg")
-#: Methods this release implements end to end.
-IMPLEMENTED_METHODS = ("mr", "synthmr")
+#: Methods that read FBP PET templates (``--pet-templates``).
+TEMPLATE_METHODS = ("pettemplate", "multiatlas")
 PIPELINES = ("amyloid", "myelin", "all")
 
 

@@ -9,7 +9,14 @@ from synthquant.interfaces.amyloid import (
     ToTemplate,
 )
 from synthquant.interfaces.derivatives import DerivativesSink
+from synthquant.interfaces.petonly import (
+    PETSegmentation,
+    PETTemplateRegistration,
+    SegmentationRegistration,
+    SelectPETTemplate,
+)
 from synthquant.interfaces.synthesis import SynthesizeMR
 
-__all__ = ["AmyloidReport", "DerivativesSink", "NormalizeToTemplate", "QuantifySUVR", "RigidCoregistration", "StaticPET",
+__all__ = ["AmyloidReport", "DerivativesSink", "NormalizeToTemplate", "PETSegmentation", "PETTemplateRegistration",
+           "QuantifySUVR", "RigidCoregistration", "SegmentationRegistration", "SelectPETTemplate", "StaticPET",
            "SynthesizeMR", "ToTemplate"]

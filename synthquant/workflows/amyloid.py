@@ -11,8 +11,12 @@ from synthquant.atlases import TEMPLATE_SPACE, WORKING_RESOLUTION
 from synthquant.interfaces import (
     AmyloidReport,
     DerivativesSink,
+    PETSegmentation,
+    PETTemplateRegistration,
     QuantifySUVR,
     RigidCoregistration,
+    SegmentationRegistration,
+    SelectPETTemplate,
     StaticPET,
     SynthesizeMR,
     ToTemplate,
@@ -28,18 +32,29 @@ METHOD_DESCRIPTIONS = {
                "own grid; skull-stripped, N4-corrected and normalised (ANTs affine + SyN, CC) to "
                "MNI152NLin2009aSym exactly as a real T1w; the PET follows the same transforms (no "
                "coregistration: the pseudo-T1w shares the PET's space).",
+    "pettemplate": "Static PET normalised directly (ANTs affine + SyN) to a normal-control florbetapir PET "
+                   "template: the mean MR-normalised SUVR map of normal controls (Choi & Lee 2018, MR-less "
+                   "baseline).",
+    "multiatlas": "Static PET normalised (ANTs affine + SyN) to the most similar of several florbetapir PET "
+                  "templates spanning amyloid levels, chosen by normalised cross-correlation after an affine "
+                  "step (Choi & Lee 2018 after Bourgeat et al. 2015, MR-less baseline).",
+    "petseg": "Three-class segmentation of the PET itself (ANTs Atropos); its GM/WM probability maps "
+              "registered (affine + SyN) to the template's GM/WM priors, and the PET follows (Choi & Lee "
+              "2018, MR-less baseline).",
 }
+#: PET templates and PET tissue maps are smooth: no SyN grid finer than the 2 mm working grid.
+PET_ONLY_MIN_RESOLUTION = WORKING_RESOLUTION
 
 
 class Route(NamedTuple):
     """How one method brings the static PET to template space.
 
-    Each field is a (node, output field) pair to connect from; ``notes`` None means the
-    session's notes only.
+    Each field is a (node, output field) pair to connect from. ``t1w_template`` is None for
+    the PET-only methods (no T1w exists); ``notes`` None means the session's notes only.
     """
 
     transforms: tuple
-    t1w_template: tuple
+    t1w_template: tuple | None
     sidecar: dict
     notes: tuple | None = None
 
@@ -88,9 +103,57 @@ def _synthmr_route(workflow, static_pet, *, model, device, use_gpu, template_res
                  {**model.provenance()}, (notes, "out"))
 
 
+def _pettemplate_route(workflow, static_pet, *, template, resolution, omp_nthreads) -> Route:
+    """PET -> the normal-control FBP PET template (Choi & Lee 2018)."""
+    register = pe.Node(PETTemplateRegistration(template=str(template), resolution=resolution),
+                       name="register_pettemplate", n_procs=omp_nthreads, mem_gb=1.0)
+    workflow.connect([(static_pet, register, [("static_pet", "static_pet")])])
+    return Route((register, "transforms"), None, {"PETTemplate": str(template)})
+
+
+def _multiatlas_route(workflow, static_pet, *, templates, resolution, omp_nthreads, session_notes) -> Route:
+    """PET -> the most similar of K FBP PET templates (by NCC after an affine step), then SyN."""
+    select = pe.Node(SelectPETTemplate(templates=[str(t) for t in templates]), name="select_multiatlas",
+                     n_procs=omp_nthreads, mem_gb=1.0)
+    register = pe.Node(PETTemplateRegistration(resolution=resolution), name="register_multiatlas",
+                       n_procs=omp_nthreads, mem_gb=1.0)
+    notes = pe.Node(niu.Function(input_names=["session_notes", "template", "scores"], output_names=["notes"],
+                                 function=_selection_notes), name="notes_multiatlas", run_without_submitting=True)
+    notes.inputs.session_notes = list(session_notes)
+    workflow.connect([
+        (static_pet, select, [("static_pet", "static_pet")]),
+        (static_pet, register, [("static_pet", "static_pet")]),
+        (select, register, [("template", "template")]),
+        (select, notes, [("template", "template"), ("scores", "scores")]),
+    ])
+    return Route((register, "transforms"), None, {"PETTemplates": [str(t) for t in templates]}, (notes, "notes"))
+
+
+def _petseg_route(workflow, static_pet, *, resolution, omp_nthreads) -> Route:
+    """PET -> its own GM/WM segmentation -> template GM/WM priors (Choi & Lee 2018)."""
+    segment = pe.Node(PETSegmentation(), name="segment_petseg", n_procs=omp_nthreads, mem_gb=1.0)
+    register = pe.Node(SegmentationRegistration(resolution=resolution), name="register_petseg",
+                       n_procs=omp_nthreads, mem_gb=1.0)
+    workflow.connect([
+        (static_pet, segment, [("static_pet", "static_pet")]),
+        (segment, register, [("gm", "gm"), ("wm", "wm")]),
+    ])
+    return Route((register, "transforms"), None, {})
+
+
+def _selection_notes(session_notes, template, scores):
+    """Sidecar notes: the session's, plus which multiatlas template was chosen and why."""
+    from pathlib import Path
+
+    chosen = Path(template).name
+    ranked = ", ".join(f"{score:.3f}" for score in scores)
+    return list(session_notes) + [f"multiatlas: chose {chosen} (normalised cross-correlation per template, "
+                                  f"in manifest order: {ranked})"]
+
+
 def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, template_resolution: float = 1.0,
                     omp_nthreads: int = 1, centiloid_equation: str | None = None, base_sidecar: dict | None = None,
-                    synth_model=None, device: str = "auto", use_gpu: bool = False,
+                    synth_model=None, device: str = "auto", use_gpu: bool = False, pet_templates=None,
                     name: str = "amyloid_wf") -> pe.Workflow:
     """One PET session of the amyloid arm, for each requested method.
 
@@ -110,6 +173,9 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
         The checked ``mr_from_fbp`` model; needed by ``synthmr``.
     device, use_gpu
         Where synthesis runs; ``use_gpu`` puts the node in MultiProc's GPU slots.
+    pet_templates : tuple(Path, list of Path), optional
+        The normal-control template and the multiatlas set
+        (:func:`synthquant.pettemplates.load_pet_templates`); needed by pettemplate and multiatlas.
 
     Outputs (written by the ``ds_*`` sinks)
     ------------------------------------------
@@ -179,8 +245,19 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
                                    sidecar={**base_sidecar, **synth_model.provenance(),
                                             "Sources": [str(inputs.pet)]},
                                    session_notes=list(inputs.notes))
+        elif method in ("pettemplate", "multiatlas"):
+            if pet_templates is None:
+                raise ValueError(f"method {method} needs PET templates (synthquant.pettemplates.load_pet_templates)")
+            resolution = max(template_resolution, PET_ONLY_MIN_RESOLUTION)
+            route = (_pettemplate_route(workflow, static_pet, template=pet_templates[0], resolution=resolution,
+                                        omp_nthreads=omp_nthreads) if method == "pettemplate" else
+                     _multiatlas_route(workflow, static_pet, templates=pet_templates[1], resolution=resolution,
+                                       omp_nthreads=omp_nthreads, session_notes=list(inputs.notes)))
+        elif method == "petseg":
+            route = _petseg_route(workflow, static_pet, resolution=max(template_resolution, PET_ONLY_MIN_RESOLUTION),
+                                  omp_nthreads=omp_nthreads)
         else:
-            raise ValueError(f"method {method!r} is not implemented in this release")
+            raise ValueError(f"unknown method {method!r}")
         transforms, t1w_template = route.transforms, route.t1w_template
         method_sidecar = dict(route.sidecar)
 
@@ -188,7 +265,8 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
         pet_to_template = pe.Node(ToTemplate(), name=f"pet_to_template_{method}", mem_gb=1.0)
         quantify = pe.Node(QuantifySUVR(tracer=inputs.tracer, centiloid_equation=centiloid_equation or ""),
                            name=f"quantify_{method}", mem_gb=1.0)
-        method_files = pe.Node(niu.Merge(4), name=f"files_{method}", run_without_submitting=True)
+        has_t1w = t1w_template is not None
+        method_files = pe.Node(niu.Merge(4 if has_t1w else 3), name=f"files_{method}", run_without_submitting=True)
         in_space = {**entities, "space": TEMPLATE_SPACE, "desc": method}
         sidecar = {**base_sidecar, "Method": method, "MethodDescription": METHOD_DESCRIPTIONS[method],
                    "Sources": sources, "TemplateResolution_mm": template_resolution,
@@ -201,18 +279,28 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
             {"datatype": "pet", "suffix": "suvr", "extension": ".tsv", "entities": {**in_space, "seg": "AAL2"},
              "sidecar": {**sidecar, "Description": "Regional SUVR: composite, its four regions, every AAL2 label "
                                                    "∩ template GM; Centiloid on the composite row"}},
-            {"datatype": "anat", "suffix": "T1w", "extension": ".nii.gz", "entities": {k: v for k, v in in_space.items() if k != "trc"},
+        ] + ([
+            {"datatype": "anat", "suffix": "T1w", "extension": ".nii.gz",
+             "entities": {k: v for k, v in in_space.items() if k != "trc"},
              "sidecar": {**sidecar, "Description": f"T1w ({method}) skull-stripped, in template space"}},
-        ]), name=f"ds_{method}", run_without_submitting=True)
+        ] if has_t1w else [])), name=f"ds_{method}", run_without_submitting=True)
+        if not has_t1w:  # PET-only: the template's own T1 is the report's background
+            from synthquant.atlases import template_t1w
+
+            background = pe.Node(niu.IdentityInterface(fields=["t1w"]), name=f"background_{method}",
+                                 run_without_submitting=True)
+            background.inputs.t1w = str(template_t1w(WORKING_RESOLUTION))
+            t1w_template = (background, "t1w")
         if route.notes is None:  # the session's notes only
             route = route._replace(notes=(inputnode, "notes"))
+        if has_t1w:
+            workflow.connect([(t1w_template[0], method_files, [(t1w_template[1], "in4")])])
         workflow.connect([
             (static_pet, pet_to_template, [("static_pet", "in_file")]),
             (transforms[0], pet_to_template, [(transforms[1], "transforms")]),
             (pet_to_template, quantify, [("out_file", "pet_template")]),
             (pet_to_template, method_files, [("out_file", "in1")]),
             (quantify, method_files, [("suvr_map", "in2"), ("suvr_table", "in3")]),
-            (t1w_template[0], method_files, [(t1w_template[1], "in4")]),
             (method_files, ds_method, [("out", "in_files")]),
             (route.notes[0], ds_method, [(route.notes[1], "notes")]),
             (quantify, ds_method, [("metadata", "metadata")]),

@@ -18,27 +18,24 @@ def methods_for(inputs, config: RunConfig) -> tuple[tuple[str, ...], list[str]]:
 
     Default (DESIGN): synthmr, plus mr where a T1w exists.
     """
-    from synthquant.config import IMPLEMENTED_METHODS
-
     requested = config.methods or ("mr", "synthmr")
     warnings, methods = [], []
     for method in requested:
         if method == "mr" and inputs.t1w is None:
-            warnings.append(f"{inputs.key}: method 'mr' skipped: no T1w in the dataset for this session")
-        elif method not in IMPLEMENTED_METHODS:
-            if config.methods:  # asked for explicitly
-                warnings.append(f"{inputs.key}: method '{method}' is not available in this release; skipped")
+            if config.methods:  # asked for explicitly; by default mr simply needs a T1w
+                warnings.append(f"{inputs.key}: method 'mr' skipped: no T1w in the dataset for this session")
         else:
             methods.append(method)
     return tuple(methods), warnings
 
 
 def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict, *, synth_model=None,
-                        synth_device: str = "cpu") -> tuple[pe.Workflow, dict, list]:
+                        synth_device: str = "cpu", pet_templates=None) -> tuple[pe.Workflow, dict, list]:
     """Build the graph for every runnable session.
 
     ``synth_model`` is the checked ``mr_from_fbp`` model (``synthquant.models``) and
-    ``synth_device`` the device already chosen for it (``cpu`` or ``cuda``).
+    ``synth_device`` the device already chosen for it (``cpu`` or ``cuda``); ``pet_templates``
+    the checked (normal-control, multiatlas) templates.
     Returns the workflow, ``{wf_name: session key}`` and warnings (methods skipped).
     """
     workflow = pe.Workflow(name="synthquant_wf", base_dir=str(config.work_dir))
@@ -53,7 +50,7 @@ def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict, *
         sub_wf = init_amyloid_wf(inputs=inputs, methods=methods, output_dir=str(config.output_dir),
                                  template_resolution=config.template_resolution, omp_nthreads=config.omp_nthreads,
                                  centiloid_equation=config.centiloid_equation, synth_model=synth_model,
-                                 device=synth_device, use_gpu=synth_device == "cuda",
+                                 device=synth_device, use_gpu=synth_device == "cuda", pet_templates=pet_templates,
                                  base_sidecar={**base_sidecar, "Site": inputs.site}, name=name)
         workflow.add_nodes([sub_wf])
         names[name] = inputs.key
