@@ -1,4 +1,4 @@
-"""Command line: ``python -m synthquant.phantom OUT_DIR [--preset test] [--n-subjects 4]``."""
+"""Command line: ``python -m synthquant.phantom OUT_DIR [--cohort amyloid|myelin] [--preset test]``."""
 
 from __future__ import annotations
 
@@ -7,15 +7,21 @@ import sys
 
 from synthquant.errors import InputError
 from synthquant.phantom.amyloid import make_amyloid_cohort
+from synthquant.phantom.myelin import make_myelin_cohort
 from synthquant.phantom.sites import PRESETS, SITES
+
+COHORTS = {"amyloid": make_amyloid_cohort, "myelin": make_myelin_cohort}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m synthquant.phantom",
-        description="Write a synthetic florbetapir (NC/MCI/AD) BIDS cohort with ground truth "
-                    "under sourcedata/truth/.")
+        description="Write a synthetic BIDS cohort with ground truth under sourcedata/truth/: "
+                    "florbetapir NC/MCI/AD (amyloid, the default) or HC/MS with MTR, DWI, lesion "
+                    "masks and dynamic [11C]PIB PET (myelin).")
     parser.add_argument("out_dir", help="dataset folder to create (absent or empty)")
+    parser.add_argument("--cohort", choices=sorted(COHORTS), default="amyloid",
+                        help="which cohort to write (default: amyloid)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="benchmark",
                         help="image sizes: benchmark (realistic), demo, test (fast)")
     parser.add_argument("--n-subjects", type=int, default=12)
@@ -33,10 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        path = make_amyloid_cohort(args.out_dir, n_subjects=args.n_subjects, preset=args.preset,
-                                   seed=args.seed, sites=args.sites,
-                                   deformation_scale=args.deformation_scale,
-                                   overwrite=args.overwrite, verbose=not args.quiet)
+        path = COHORTS[args.cohort](args.out_dir, n_subjects=args.n_subjects, preset=args.preset,
+                                    seed=args.seed, sites=args.sites,
+                                    deformation_scale=args.deformation_scale,
+                                    overwrite=args.overwrite, verbose=not args.quiet)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import pandas as pd
 
 from synthquant import __version__
 from synthquant.errors import InputError
-from synthquant.image import atomic_write_text, save_image
+from synthquant.image import atomic_output, atomic_write_text, save_image
 
 BIDS_VERSION = "1.10.0"
 GENERATOR = "synthquant.phantom"
@@ -63,6 +63,20 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, dtype) -> Path
     header = nib.Nifti1Header()
     header.set_xyzt_units("mm", "sec")
     return save_image(data, affine, path, dtype=dtype, header=header)
+
+
+def write_nifti_scaled(data: np.ndarray, affine: np.ndarray, path: Path, dtype=np.int16) -> Path:
+    """NIfTI of floats stored as scaled integers (nibabel picks ``scl_slope``/``scl_inter``), as
+    scanners export dynamic PET: half the size of float32; readers get the floats back."""
+    header = nib.Nifti1Header()
+    header.set_xyzt_units("mm", "sec")
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine, header)
+    img.set_data_dtype(dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_output(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
 
 
 def write_dataset_description(root: Path, name: str, *, seed: int, preset: str) -> Path:
@@ -123,3 +137,21 @@ def staged_dataset(out_dir: str | Path, overwrite: bool = False):
         os.replace(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_derivative_description(root: Path, name: str, *, seed: int, preset: str, description: str,
+                                 raw: str = "../..") -> Path:
+    """``dataset_description.json`` of a derivatives dataset made with a phantom cohort, nested
+    in the raw dataset (``raw``: its path, named ``raw`` in BIDS URIs such as ``bids:raw:sub-01/...``)."""
+    return write_json({
+        "Name": name,
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{
+            "Name": GENERATOR,
+            "Version": __version__,
+            "Description": f"{description}; phantom cohort, preset {preset}, seed {seed}",
+        }],
+        "SourceDatasets": [{"URL": raw}],
+        "DatasetLinks": {"raw": raw},
+    }, Path(root) / "dataset_description.json")
