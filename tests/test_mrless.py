@@ -1,8 +1,10 @@
-"""Method synthmr through the command line: model checks, device choice, and an end-to-end run.
+"""The MR-less methods through the command line: model and template checks, device choice,
+and end-to-end runs on a PET-only subject.
 
-A bad model or device is one line naming the file and the reason, exit 2, before any subject
-runs (so nothing is half-written). The end-to-end run uses the bundled demo weights (trained on
-phantoms) on a PET-only subject and compares its SUVR with the phantom's truth.
+A bad model, device or template folder is one line naming the file and the reason, exit 2,
+before any subject runs (so nothing is half-written). The synthmr run uses the bundled demo
+weights (trained on phantoms); the PET-template runs use templates averaged from the phantom's
+true template-space SUVR maps. Both are compared with the phantom's truth.
 """
 
 from __future__ import annotations
@@ -26,11 +28,29 @@ from synthquant.phantom import make_amyloid_cohort
 
 @pytest.fixture(scope="module")
 def pet_only_bids(tmp_path_factory) -> Path:
-    """One phantom subject whose T1w is removed: synthmr is its only method."""
-    bids = make_amyloid_cohort(tmp_path_factory.mktemp("synthmr") / "bids", n_subjects=1, preset="test", seed=11)
-    for path in (bids / "sub-01" / "anat").glob("sub-01_T1w.*"):
+    """Six phantom subjects (sub-01 and sub-04 NC) whose T1w are removed: only MR-less methods can run."""
+    bids = make_amyloid_cohort(tmp_path_factory.mktemp("mrless") / "bids", n_subjects=6, preset="test", seed=1)
+    for path in bids.glob("sub-*/anat/sub-*_T1w.*"):
         path.unlink()
     return bids
+
+
+@pytest.fixture(scope="module")
+def pet_templates(pet_only_bids, tmp_path_factory) -> Path:
+    """FBP templates from the phantom's true SUVR maps in template space (what a perfect
+    MR-based normalisation of these subjects would give)."""
+    from synthquant.evaluation import truth_table
+    from synthquant.pettemplates import build_pet_templates
+
+    truth = truth_table(pet_only_bids)
+    composite = truth[truth["region"] == "composite"].set_index("participant_id")["suvr_true"]
+    participants = pd.read_csv(pet_only_bids / "participants.tsv", sep="\t").set_index("participant_id")
+    maps = sorted((pet_only_bids / "sourcedata/truth").glob("sub-*/sub-*_space-MNI152NLin2009aSym_trc-FBP_suvr.nii.gz"))
+    labels = [m.name.split("_")[0] for m in maps]
+    folder = tmp_path_factory.mktemp("templates") / "pet_templates"
+    build_pet_templates(maps, [composite[k] for k in labels], [participants.loc[k, "diagnosis"] for k in labels],
+                        folder, n_levels=2, dataset="test phantom", synthetic=True)
+    return folder
 
 
 def _run(capsys, bids: Path, tmp_path: Path, *extra: str) -> tuple[int, str]:
@@ -153,9 +173,40 @@ def test_pet_only_subject_runs_synthmr_with_demo_weights(pet_only_bids, tmp_path
     # The test preset's PET voxels are far from 1.2 x 1 x 1 mm: the sidecar says it was resampled.
     assert any("synthesis model's grid" in note for note in sidecar.get("Notes", []))
     table = pd.read_csv(next(out.rglob("sub-01_*_seg-AAL2_desc-synthmr_suvr.tsv")), sep="\t")
-    truth = pd.read_csv(pet_only_bids / "sourcedata/truth/sub-01_trc-FBP_suvr.tsv", sep="\t")
+    truth = pd.read_csv(pet_only_bids / "sourcedata/truth/sub-01/sub-01_trc-FBP_suvr.tsv", sep="\t")
     measured = table.set_index("region").loc["composite", "suvr"]
     expected = truth.set_index("region").loc["composite", "suvr"]
     # Coarse 3 mm SyN on a test-preset phantom: the mr method lands within ~0.03 here.
     assert abs(measured - expected) < 0.06, (measured, expected)
     shutil.rmtree(tmp_path / "work")
+
+
+def test_template_methods_need_templates(pet_only_bids, tmp_path, capsys):
+    status, stderr = _run(capsys, pet_only_bids, tmp_path, "--methods", "pettemplate", "multiatlas")
+    assert status == 2
+    assert "method(s) multiatlas, pettemplate need FBP PET templates" in stderr
+    status, stderr = _run(capsys, pet_only_bids, tmp_path, "--methods", "pettemplate", "--pet-templates",
+                          str(tmp_path / "none"))
+    assert status == 2 and "PET template folder not found" in stderr
+    assert not (tmp_path / "out" / "sub-01").exists()
+
+
+def test_pet_template_methods_end_to_end(pet_only_bids, pet_templates, tmp_path, capsys):
+    status, stderr = _run(capsys, pet_only_bids, tmp_path, "--methods", "pettemplate", "multiatlas", "petseg",
+                          "--pet-templates", str(pet_templates), "--nprocs", "2")
+    assert status == 0, stderr
+    out = tmp_path / "out"
+    tables = {m: pd.read_csv(next(out.rglob(f"sub-01_*_seg-AAL2_desc-{m}_suvr.tsv")), sep="\t").set_index("region")
+              for m in ("pettemplate", "multiatlas", "petseg")}
+    truth = pd.read_csv(pet_only_bids / "sourcedata/truth/sub-01/sub-01_trc-FBP_suvr.tsv", sep="\t")
+    expected = truth.set_index("region").loc["composite", "suvr"]
+    # sub-01 is a normal control: every PET-only method lands near the truth there (helper
+    # measurements on this preset: within 0.08 for pettemplate; petseg is the loosest).
+    for method, table in tables.items():
+        assert abs(table.loc["composite", "suvr"] - expected) < 0.15, (method, table.loc["composite", "suvr"], expected)
+    multiatlas = json.loads(next(out.rglob("sub-01_*_seg-AAL2_desc-multiatlas_suvr.json")).read_text())
+    assert any(note.startswith("multiatlas: chose tpl-") for note in multiatlas["Notes"])
+    assert multiatlas["PETTemplates"] and "Atropos" in json.loads(
+        next(out.rglob("sub-01_*_seg-AAL2_desc-petseg_suvr.json")).read_text())["MethodDescription"]
+    assert not list(out.rglob("*desc-petseg_T1w*"))  # no T1w exists for a PET-only method
+    assert (out / "sub-01.html").exists()
