@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -59,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         card["reproduce"] = "scripts/train_demo_models.py " + " ".join(argv or sys.argv[1:])
         BUNDLED_MODELS_DIR.mkdir(parents=True, exist_ok=True)
         save_model(loaded.model, BUNDLED_MODELS_DIR / MR_FROM_FBP, card, dtype=torch.float16)
-        shutil.copy(result["losses_tsv"], BUNDLED_MODELS_DIR / f"{MR_FROM_FBP}_losses.tsv")
         print(f"installed {BUNDLED_MODELS_DIR / MR_FROM_FBP}.safetensors")
     return 0
 
