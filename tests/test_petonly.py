@@ -151,7 +151,7 @@ def chains(cohort, training, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("petonly_work")
     templates = {"nc": training["built"]["nc"], "levels": training["built"]["levels"]}
     runs = {}
-    for diagnosis, methods in (("NC", ("pettemplate", "petseg")), ("AD", ("pettemplate", "multiatlas"))):
+    for diagnosis, methods in (("NC", ("pettemplate", "petseg")), ("AD", ("pettemplate", "multiatlas", "petseg"))):
         for method in methods:
             runs[diagnosis, method] = _chain(method, cohort["subjects"][diagnosis], templates, base)
     # The NC subject's multiatlas choice only: level 1 is the two lowest-amyloid maps, the very
@@ -253,7 +253,7 @@ def test_registration_undoes_the_subjects_pose_and_deformation(chains, cohort):
     """The native PET is the truth under a known pose (up to 6 deg, 10 mm) and a smooth
     deformation with atrophy: unregistered, it correlates poorly with the truth map in template
     space (measured r = 0.64); registered, it matches it (measured 0.995 through the NC
-    template, 0.95 through the PET's own tissue classes, whose boundaries the blur shifts)."""
+    template, 0.96 through the PET's own tissue classes, whose boundaries the blur shifts)."""
     subject = cohort["subjects"]["NC"]
     truth = nib.load(subject["truth_map"]).get_fdata()
     native = nib.load(subject["static_pet"])
@@ -270,7 +270,8 @@ def test_composite_suvr_of_an_nc_subject_is_near_the_truth(chains, cohort):
     error on this coarse preset was -0.077 (8 subjects, test preset, 2 mm), and for an
     amyloid-negative subject the NC template matches (measured: -0.02). petseg 0.14: Choi &
     Lee's PET-segmentation MAE against MR, 0.08 +- 0.06, plus one SD; segmenting a blurred PET
-    shifts the tissue boundaries, and the method reads low even here (measured: -0.08).
+    shifts the tissue boundaries, and the strong tissue priors keep some of the template's
+    anatomy, so the cortex samples some bright white matter (measured: +0.07).
     (The multiatlas method picks level 1 for this subject, the NC template's own members.)"""
     true = cohort["subjects"]["NC"]["composite_true"]
     for method, tolerance in (("pettemplate", 0.08), ("petseg", 0.14)):
@@ -287,6 +288,20 @@ def test_amyloid_positive_subject_is_underestimated_less_by_the_multiatlas(chain
     assert abs(multi - true) < abs(normal - true) / 2, (multi, normal, true)
 
 
+def test_pet_segmentation_with_tissue_priors_keeps_an_amyloid_positive_cortex(chains, cohort):
+    """petseg with template tissue priors (as SPM8's unified segmentation, which Choi & Lee fed
+    the PET): the cortex stays grey matter however bright it is. Classes read from uptake alone
+    (k-means) label an amyloid-positive cortex white matter: on an 8-subject cohort of this
+    preset they read AD composites of 1.46-1.63 as 1.06-1.09, worse than the NC template.
+    Tolerance 0.15 SUVR: Choi & Lee's PET-segmentation MAE against MR, 0.08 +- 0.06, plus one
+    SD, rounded up. Measured -0.08 (NC template -0.27; the 8-subject cohort at 2 mm: AD errors
+    -0.05 to -0.09, see pettemplates.PRIOR_WEIGHT)."""
+    true = cohort["subjects"]["AD"]["composite_true"]
+    petseg, normal = chains["AD", "petseg"]["composite"], chains["AD", "pettemplate"]["composite"]
+    assert abs(petseg - true) < 0.15, (petseg, true)
+    assert abs(petseg - true) < abs(normal - true), (petseg, normal, true)
+
+
 # ---------------------------------------------------------------------------------------
 # PET segmentation against the phantom's true native tissues
 
@@ -299,7 +314,8 @@ def test_pet_segmentation_matches_the_true_tissues(tmp_path):
     """A phantom NC subject kept in memory, so that its true native tissue fractions are known
     (the template priors through its pose and deformation). Thresholds: the PET is 5-8 mm FWHM
     on 3.6 mm voxels, so the 2-3 mm cortical ribbon is partial volume throughout; measured GM
-    0.72 and WM 0.84 on this subject. Swapped classes, or a mask off the brain, score < 0.3."""
+    0.82 and WM 0.77 on this subject (GM 0.72 and WM 0.84 with k-means classes, before the
+    tissue priors). Swapped classes, or a mask off the brain, score < 0.3."""
     anatomy = template_anatomy(get_preset("test").anatomy_mm)
     site = SITES["northfield"]
     subject = simulate_amyloid_subject(np.random.default_rng(7), anatomy, site, get_preset("test"), "NC", "F",
@@ -312,7 +328,7 @@ def test_pet_segmentation_matches_the_true_tissues(tmp_path):
     found = {t: nib.load(segmentation[t]).get_fdata() > 0.5 for t in ("gm", "wm")}
     brain = nib.load(segmentation["brain_mask"]).get_fdata() > 0
     assert _dice(brain, true["gm"] | true["wm"] | true["csf"]) > 0.9
-    assert _dice(found["gm"], true["gm"]) > 0.65
-    assert _dice(found["wm"], true["wm"]) > 0.75
+    assert _dice(found["gm"], true["gm"]) > 0.75
+    assert _dice(found["wm"], true["wm"]) > 0.7
     csf_mean, gm_mean, wm_mean = segmentation["class_means"]
     assert csf_mean < gm_mean < wm_mean
