@@ -41,17 +41,18 @@ def _bars_figure(tables: dict[str, pd.DataFrame], out_png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     width = 0.8 / max(1, len(tables))
     for i, (method, table) in enumerate(tables.items()):
         values = table.set_index("region").loc[list(SUMMARY_REGIONS), "suvr"]
-        ax.bar([x + i * width for x in range(len(values))], values, width=width, label=f"method {method}")
+        ax.bar([x + i * width for x in range(len(values))], values, width=width, label=method)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xticks([x + width * (len(tables) - 1) / 2 for x in range(len(SUMMARY_REGIONS))])
     ax.set_xticklabels([r.replace("_", " ") for r in SUMMARY_REGIONS])
     ax.set_ylabel("SUVR (cerebellar GM = 1)")
     ax.set_title("Composite cortex and its regions")
-    ax.legend(frameon=False)
+    # Below the axes, in one row: with five methods a legend inside covers the bars.
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(tables), title="method")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
