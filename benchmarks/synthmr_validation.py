@@ -56,8 +56,8 @@ def parse_args() -> argparse.Namespace:
 def run(args_list: list[str]) -> int:
     start = time.perf_counter()
     status = synthquant(args_list)
-    print(f"  exit {status} in {time.perf_counter() - start:.0f} s: {' '.join(args_list[2:4])} "
-          f"{' '.join(a for a in args_list if a in ('mr', 'synthmr', 'pettemplate', 'multiatlas', 'petseg'))}")
+    methods = " ".join(a for a in args_list if a in ("mr", "synthmr", "pettemplate", "multiatlas", "petseg"))
+    print(f"  exit {status} in {time.perf_counter() - start:.0f} s: {args_list[2]} {methods}")
     return status
 
 
@@ -163,6 +163,7 @@ def bland_altman(table: pd.DataFrame, bids: Path, out_png: Path) -> Path:
                 ax.axhline(value, color="tab:red", linestyle=style, linewidth=1)
             ax.axhline(0, color="grey", linewidth=0.5)
             ax.set_title(f"{method} vs {name}\nbias {bias:+.3f}, LoA ±{1.96 * sd:.3f}", fontsize=10)
+            ax.tick_params(labelleft=True)  # shared y axes: the first panel of the top row is empty
             ax.set_xlabel("mean composite SUVR")
             ax.set_ylabel("difference (method − reference)")
     fig.suptitle("Composite SUVR, held-out site: Bland–Altman (lines: bias and 95 % limits of agreement)")
