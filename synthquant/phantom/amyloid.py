@@ -64,7 +64,15 @@ from synthquant.phantom.pet import (
     frame_motions,
     truth_on_template,
 )
-from synthquant.phantom.sites import Preset, Site, acquisition_grid, get_preset, resolve_sites, scaled
+from synthquant.phantom.sites import (
+    Preset,
+    Site,
+    acquisition_grid,
+    check_cohort_arguments,
+    get_preset,
+    resolve_sites,
+    scaled,
+)
 from synthquant.quantify import regional_suvr, suvr_map
 
 TRACER = "FBP"
@@ -469,12 +477,7 @@ def make_amyloid_cohort(out_dir: str | Path, *, n_subjects: int = 12, preset: st
     Path
         ``out_dir``.
     """
-    if not isinstance(n_subjects, (int, np.integer)) or n_subjects < 1:
-        raise InputError(None, f"n_subjects must be a positive integer, got {n_subjects!r}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(None, f"seed must be a non-negative integer, got {seed!r}")
-    if not 0.0 <= deformation_scale <= 2.0:
-        raise InputError(None, f"deformation_scale must lie in [0, 2], got {deformation_scale!r}")
+    check_cohort_arguments(n_subjects, seed, deformation_scale)
     chosen = get_preset(preset)
     site_list = resolve_sites(sites)
     site_by_name = {s.name: s for s in site_list}

@@ -189,6 +189,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def check_cohort_arguments(n_subjects, seed, deformation_scale) -> None:
+    """The arguments every cohort maker shares; a bad one is one line."""
+    if not isinstance(n_subjects, (int, np.integer)) or n_subjects < 1:
+        raise InputError(None, f"n_subjects must be a positive integer, got {n_subjects!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(None, f"seed must be a non-negative integer, got {seed!r}")
+    if not 0.0 <= deformation_scale <= 2.0:
+        raise InputError(None, f"deformation_scale must lie in [0, 2], got {deformation_scale!r}")
+
+
 def get_preset(name: str) -> Preset:
     """The preset called ``name``; an unknown name fails with the list of known ones."""
     if name not in PRESETS:
