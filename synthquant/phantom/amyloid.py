@@ -203,25 +203,9 @@ def _brain_sample_points() -> np.ndarray:
 
 
 def cohort_roster(n_subjects: int, sites: list[Site], seed: int) -> pd.DataFrame:
-    """participants.tsv: sites and diagnoses balanced, demographics drawn from ``seed``.
-
-    Subject ``i`` goes to site ``i mod n_sites``; diagnoses rotate with a per-site offset,
-    so every site gets every diagnosis as soon as it has three subjects. The rows are then
-    shuffled so that labels do not encode the design.
-    """
-    rng = np.random.default_rng([seed, 1_000_003])
-    n_sites = len(sites)
-    design = [(sites[i % n_sites].name, DIAGNOSES[(i // n_sites + i % n_sites) % len(DIAGNOSES)])
-              for i in range(n_subjects)]
-    order = rng.permutation(n_subjects)
-    rows = []
-    for label, i in zip(bw.subject_labels(n_subjects), order):
-        site, diagnosis = design[i]
-        low, high = AGE_RANGE[diagnosis]
-        rows.append({"participant_id": f"sub-{label}", "site": site, "diagnosis": diagnosis,
-                     "group": GROUPS[diagnosis], "age": int(rng.integers(low, high + 1)),
-                     "sex": str(rng.choice(["F", "M"]))})
-    return pd.DataFrame(rows)
+    """participants.tsv: NC/MCI/AD balanced over sites (:func:`bids_writer.balanced_roster`)."""
+    return bw.balanced_roster(n_subjects, sites, seed, stream=1_000_003, diagnoses=DIAGNOSES, age_range=AGE_RANGE,
+                              groups=GROUPS, draw_sex=lambda rng: str(rng.choice(["F", "M"])))
 
 
 def simulate_amyloid_subject(rng: np.random.Generator, anatomy: TemplateAnatomy, site: Site,

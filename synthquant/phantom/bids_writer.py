@@ -155,3 +155,29 @@ def write_derivative_description(root: Path, name: str, *, seed: int, preset: st
         "SourceDatasets": [{"URL": raw}],
         "DatasetLinks": {"raw": raw},
     }, Path(root) / "dataset_description.json")
+
+
+def balanced_roster(n_subjects: int, sites, seed: int, *, stream: int, diagnoses, age_range: dict, groups: dict,
+                    draw_sex) -> "pd.DataFrame":
+    """participants.tsv rows: sites and diagnoses balanced, demographics drawn from ``seed``.
+
+    Subject ``i`` goes to site ``i mod n_sites``; diagnoses rotate with a per-site offset, so
+    every site gets every diagnosis as soon as it has ``len(diagnoses)`` subjects. The rows are
+    then shuffled so that labels do not encode the design. ``stream`` separates the random
+    streams of different cohorts; ``draw_sex(rng)`` returns "F" or "M".
+    """
+    import numpy as np  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
+
+    rng = np.random.default_rng([seed, stream])
+    n_sites = len(sites)
+    design = [(sites[i % n_sites].name, diagnoses[(i // n_sites + i % n_sites) % len(diagnoses)])
+              for i in range(n_subjects)]
+    order = rng.permutation(n_subjects)
+    rows = []
+    for label, i in zip(subject_labels(n_subjects), order):
+        site, diagnosis = design[i]
+        low, high = age_range[diagnosis]
+        rows.append({"participant_id": f"sub-{label}", "site": site, "diagnosis": diagnosis,
+                     "group": groups[diagnosis], "age": int(rng.integers(low, high + 1)), "sex": draw_sex(rng)})
+    return pd.DataFrame(rows)

@@ -572,21 +572,9 @@ def lesion_maps(anatomy: TemplateAnatomy, lesions: list[Lesion]) -> dict[str, np
 
 
 def cohort_roster(n_subjects: int, sites: list[Site], seed: int) -> pd.DataFrame:
-    """participants.tsv: sites and diagnoses balanced (HC/MS alternate with a per-site offset),
-    demographics drawn from ``seed``, rows shuffled so labels do not encode the design."""
-    rng = np.random.default_rng([seed, 2_000_003])
-    n_sites = len(sites)
-    design = [(sites[i % n_sites].name, DIAGNOSES[(i // n_sites + i % n_sites) % len(DIAGNOSES)])
-              for i in range(n_subjects)]
-    order = rng.permutation(n_subjects)
-    rows = []
-    for label, i in zip(bw.subject_labels(n_subjects), order):
-        site, diagnosis = design[i]
-        low, high = AGE_RANGE[diagnosis]
-        rows.append({"participant_id": f"sub-{label}", "site": site, "diagnosis": diagnosis,
-                     "group": GROUPS[diagnosis], "age": int(rng.integers(low, high + 1)),
-                     "sex": "F" if rng.random() < FEMALE_SHARE else "M"})
-    return pd.DataFrame(rows)
+    """participants.tsv: HC/MS balanced over sites (:func:`bids_writer.balanced_roster`)."""
+    return bw.balanced_roster(n_subjects, sites, seed, stream=2_000_003, diagnoses=DIAGNOSES, age_range=AGE_RANGE,
+                              groups=GROUPS, draw_sex=lambda rng: "F" if rng.random() < FEMALE_SHARE else "M")
 
 
 def _jittered(rng: np.random.Generator, pose: Pose, max_rotation_deg: float, max_translation_mm: float,
