@@ -119,6 +119,27 @@ def _same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
     return tuple(shape_a[:3]) == tuple(shape_b[:3]) and np.allclose(affine_a, affine_b, atol=1e-3)
 
 
+# ------------------------------------------------------------------------------ training pairs
+
+class MyelinPair(NamedTuple):
+    """One subject's network input and target on one grid (the Sketcher-Refiner's training unit).
+
+    Made by :func:`synthquant.myelinprep.training_pairs` (MR maps brought onto the PIB PET's
+    grid, Wei §3.1 a) and read by :mod:`synthquant.nets.myelin_training`.
+    """
+
+    key: str               # "sub-01" or "sub-01_ses-1"
+    site: str
+    group: str             # "control", "patient" or "n/a"
+    mr: np.ndarray         # (4, X, Y, Z) float32, MR_CHANNELS order, native units (MTR %, FA, RD and AD mm2/s)
+    dvr: np.ndarray        # (X, Y, Z) float32, true DVR (Logan reference, cerebellar GM)
+    brain: np.ndarray      # (X, Y, Z) bool
+    lesion: np.ndarray     # (X, Y, Z) bool (all False for a control)
+    nawm: np.ndarray       # (X, Y, Z) bool, WM - lesion
+    wm: np.ndarray         # (X, Y, Z) bool, WM including lesions
+    affine: np.ndarray     # (4, 4) of the grid
+
+
 # ------------------------------------------------------------------------------ preprocessing
 
 class BrainExtraction(NamedTuple):
