@@ -98,6 +98,9 @@ class Normalization:
     brain_mask: Path         # native-space brain mask
     t1w_template: Path       # the T1w brain resampled into template space
     transforms: list[Path]   # native -> template, in antsApplyTransforms order (warp, affine)
+    #: template -> native: (file, invert) pairs in antsApplyTransforms order (affine inverted,
+    #: then the inverse warp), for pulling template masks back onto the subject.
+    inverse_transforms: tuple[tuple[Path, bool], ...] = ()
 
 
 def normalize_to_template(t1w: str | Path, out_dir: str | Path, *, resolution: float = 1.0) -> Normalization:
@@ -153,7 +156,14 @@ def normalize_to_template(t1w: str | Path, out_dir: str | Path, *, resolution: f
         brain_mask=_write(mask_native, out_dir / "brain_mask.nii.gz"),
         t1w_template=_write(result["warpedmovout"], out_dir / "t1w_template.nii.gz"),
         transforms=[Path(p) for p in result["fwdtransforms"]],
+        inverse_transforms=_inverse_pairs(result["invtransforms"]),
     )
+
+
+def _inverse_pairs(invtransforms: list[str]) -> tuple[tuple[Path, bool], ...]:
+    """antspyx's ``invtransforms`` with their inversion flags: linear ones (.mat) are inverted
+    when applied, warps are already inverse fields (its own ``whichtoinvert`` convention)."""
+    return tuple((Path(p), str(p).endswith(".mat")) for p in invtransforms)
 
 
 def to_template(moving: str | Path, transforms: list[str | Path], out_file: str | Path,

@@ -55,6 +55,8 @@ class _NormalizeOutputSpec(TraitedSpec):
     brain_mask = File(exists=True)
     t1w_template = File(exists=True)
     transforms = OutputMultiObject(File(exists=True), desc="native -> template (ANTs order)")
+    inverse_transforms = OutputMultiObject(File(exists=True), desc="template -> native (ANTs order)")
+    inverse_invert = traits.List(traits.Bool, desc="whether each inverse transform is applied inverted")
 
 
 class NormalizeToTemplate(SimpleInterface):
@@ -68,7 +70,9 @@ class NormalizeToTemplate(SimpleInterface):
 
         result = normalize_to_template(self.inputs.t1w, runtime.cwd, resolution=self.inputs.resolution)
         self._results.update(t1w_brain=str(result.t1w_brain), brain_mask=str(result.brain_mask),
-                             t1w_template=str(result.t1w_template), transforms=[str(t) for t in result.transforms])
+                             t1w_template=str(result.t1w_template), transforms=[str(t) for t in result.transforms],
+                             inverse_transforms=[str(t) for t, _ in result.inverse_transforms],
+                             inverse_invert=[invert for _, invert in result.inverse_transforms])
         return runtime
 
 

@@ -31,15 +31,19 @@ def init_normalize_wf(*, resolution: float = 1.0, omp_nthreads: int = 1, name: s
         The T1w brain in template space.
     transforms
         Native -> template transforms, antsApplyTransforms order.
+    inverse_transforms, inverse_invert
+        Template -> native transforms and whether each is applied inverted.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "brain_mask", "t1w_template", "transforms"]),
+    outputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "brain_mask", "t1w_template", "transforms",
+                                                       "inverse_transforms", "inverse_invert"]),
                          name="outputnode")
     syn = pe.Node(NormalizeToTemplate(resolution=resolution), name="syn", n_procs=omp_nthreads, mem_gb=2.0)
     workflow.connect([
         (inputnode, syn, [("t1w", "t1w")]),
         (syn, outputnode, [("t1w_brain", "t1w_brain"), ("brain_mask", "brain_mask"),
-                           ("t1w_template", "t1w_template"), ("transforms", "transforms")]),
+                           ("t1w_template", "t1w_template"), ("transforms", "transforms"),
+                           ("inverse_transforms", "inverse_transforms"), ("inverse_invert", "inverse_invert")]),
     ])
     return workflow
