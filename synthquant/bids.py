@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from synthquant import __version__
@@ -47,12 +48,17 @@ def sidecar_of(image: str | Path) -> Path:
     return image.with_name(stem + ".json")
 
 
-def _inside(path: Path, root: Path) -> Path:
-    """Refuse a file that resolves (through links) outside the dataset."""
+def _inside(path: Path, root: Path, what: str = "the BIDS dataset") -> Path:
+    """Refuse a file that resolves (through links) outside the dataset (or ``what`` root)."""
     resolved = path.resolve()
     if not resolved.is_relative_to(root.resolve()):
-        raise InputError(path, "resolves outside the BIDS dataset; refusing to follow it")
+        raise InputError(path, f"resolves outside {what}; refusing to follow it")
     return path
+
+
+def session_key(subject: str, session: str | None) -> str:
+    """``sub-01`` or ``sub-01_ses-1``: the key of discovery results and tables."""
+    return f"sub-{subject}" + (f"_ses-{session}" if session else "")
 
 
 @dataclass
@@ -70,7 +76,7 @@ class AmyloidInputs:
 
     @property
     def key(self) -> str:
-        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+        return session_key(self.subject, self.session)
 
 
 @dataclass
@@ -102,6 +108,9 @@ def participants_table(bids_dir: Path) -> pd.DataFrame:
     if "participant_id" not in table:
         raise InputError(path, "has no participant_id column")
     table.index = table["participant_id"].str.removeprefix("sub-")
+    duplicated = sorted(set(table.index[table.index.duplicated()]))
+    if duplicated:
+        raise InputError(path, f"participant_id listed more than once: {', '.join('sub-' + d for d in duplicated)}")
     return table
 
 
@@ -114,6 +123,26 @@ def site_of(subject: str, participants: pd.DataFrame, *sidecars: dict) -> str:
     for sidecar in sidecars:
         if sidecar.get("InstitutionName"):
             return str(sidecar["InstitutionName"])
+    return "n/a"
+
+
+#: participants.tsv ``diagnosis`` values that give the myelin arm's group when ``group`` is absent.
+DIAGNOSIS_GROUP = {"HC": "control", "MS": "patient"}
+#: The myelin arm's groups (DESIGN ``group/myelin_stats.tsv``), besides ``n/a``.
+GROUPS = ("control", "patient")
+
+
+def group_of(subject: str, participants: pd.DataFrame) -> str:
+    """``control``, ``patient`` or ``n/a``: participants.tsv ``group``, else ``diagnosis`` (HC, MS)."""
+    if subject not in participants.index:
+        return "n/a"
+    row = participants.loc[subject]
+    group = str(row.get("group", "")).strip()
+    if group.lower() in GROUPS:
+        return group.lower()
+    for value in (group, str(row.get("diagnosis", "")).strip()):
+        if value.upper() in DIAGNOSIS_GROUP:
+            return DIAGNOSIS_GROUP[value.upper()]
     return "n/a"
 
 
@@ -162,44 +191,258 @@ def check_amyloid_session(inputs: AmyloidInputs, *, centiloid_equation: str | No
         load_image(inputs.t1w, ndim=(3,))
 
 
+def _sessions(layout, bids_dir: Path, participant_labels: tuple[str, ...]):
+    """``(subject, session, key, query)`` for each session (or subject without sessions) requested.
+
+    ``query`` selects that session's NIfTI files as pybids objects: ``layout.get(suffix=..., **query)``.
+    """
+    for subject in select_subjects(bids_dir, participant_labels):
+        for session in layout.get_sessions(subject=subject) or [None]:
+            query = {"subject": subject, "extension": [".nii.gz", ".nii"], "return_type": "object"}
+            if session:
+                query["session"] = session
+            yield subject, session, session_key(subject, session), query
+
+
 def discover(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
              centiloid_equation: str | None = None) -> Discovery:
     """Find and check every PET session of the requested participants."""
     bids_dir = Path(bids_dir)
     layout = load_layout(bids_dir)
     participants = participants_table(bids_dir)
-    subjects = select_subjects(bids_dir, participant_labels)
     found, refused = [], {}
-    for subject in subjects:
-        sessions = layout.get_sessions(subject=subject) or [None]
-        for session in sessions:
-            query = {"subject": subject, "extension": [".nii.gz", ".nii"], "return_type": "object"}
-            if session:
-                query["session"] = session
-            key = f"sub-{subject}" + (f"_ses-{session}" if session else "")
-            pets = [f for f in layout.get(suffix="pet", datatype="pet", **query)
-                    if str(f.entities.get("tracer", "")).upper() != "PIB"]  # PIB serves the myelin arm
-            if not pets:
-                continue
-            try:
-                if len(pets) > 1:
-                    raise InputError(pets[0].path, f"{len(pets)} amyloid PET runs in one session; expected one")
-                pet = _inside(Path(pets[0].path), bids_dir)
-                sidecar_path = sidecar_of(pet)
-                sidecar = read_sidecar(sidecar_path) if sidecar_path.exists() else layout.get_metadata(str(pet))
-                t1ws = layout.get(suffix="T1w", datatype="anat", **query)
-                t1w = _inside(Path(t1ws[0].path), bids_dir) if t1ws else None
-                t1w_sidecar = layout.get_metadata(str(t1w)) if t1w else {}
-                inputs = AmyloidInputs(
-                    subject=subject, session=session, site=site_of(subject, participants, sidecar, t1w_sidecar),
-                    tracer=tracer_of(pet, sidecar, pets[0].entities.get("tracer")), pet=pet,
-                    pet_sidecar=sidecar, t1w=t1w,
-                )
-                check_amyloid_session(inputs, centiloid_equation=centiloid_equation)
-                found.append(inputs)
-            except InputError as err:
-                refused[key] = str(err)
+    for subject, session, key, query in _sessions(layout, bids_dir, participant_labels):
+        pets = [f for f in layout.get(suffix="pet", datatype="pet", **query)
+                if str(f.entities.get("tracer", "")).upper() != "PIB"]  # PIB serves the myelin arm
+        if not pets:
+            continue
+        try:
+            if len(pets) > 1:
+                raise InputError(pets[0].path, f"{len(pets)} amyloid PET runs in one session; expected one")
+            pet = _inside(Path(pets[0].path), bids_dir)
+            sidecar_path = sidecar_of(pet)
+            sidecar = read_sidecar(sidecar_path) if sidecar_path.exists() else layout.get_metadata(str(pet))
+            t1ws = layout.get(suffix="T1w", datatype="anat", **query)
+            t1w = _inside(Path(t1ws[0].path), bids_dir) if t1ws else None
+            t1w_sidecar = layout.get_metadata(str(t1w)) if t1w else {}
+            inputs = AmyloidInputs(
+                subject=subject, session=session, site=site_of(subject, participants, sidecar, t1w_sidecar),
+                tracer=tracer_of(pet, sidecar, pets[0].entities.get("tracer")), pet=pet,
+                pet_sidecar=sidecar, t1w=t1w,
+            )
+            check_amyloid_session(inputs, centiloid_equation=centiloid_equation)
+            found.append(inputs)
+        except InputError as err:
+            refused[key] = str(err)
     return Discovery(amyloid=found, refused=refused)
+
+
+# --- myelin arm ----------------------------------------------------------------------------
+
+#: The lesion masks' derivatives dataset inside BIDS_DIR (DESIGN "Inputs"), unless --lesion-dir.
+LESION_SUBDIR = Path("derivatives") / "lesions"
+
+
+@dataclass(frozen=True)
+class MyelinInputs:
+    """One session of the myelin arm, every file opened and checked.
+
+    The MTR is either ``mtr`` (an ``MTRmap``, percent) or the ``mt_on``/``mt_off`` pair (used
+    only where no MTRmap exists). ``pib`` is the dynamic [11C]PIB PET (true DVR, for training
+    and validation); ``lesion`` the lesion mask on the T1w grid. Either may be absent.
+    """
+
+    subject: str
+    session: str | None
+    site: str
+    group: str              # "control", "patient" or "n/a"
+    t1w: Path
+    mtr: Path | None
+    mt_on: Path | None
+    mt_off: Path | None
+    dwi: Path
+    bval: Path
+    bvec: Path
+    pib: Path | None = None
+    pib_sidecar: Path | None = None
+    lesion: Path | None = None
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.mtr is None and (self.mt_on is None or self.mt_off is None):
+            raise ValueError("MyelinInputs needs an MTR map or both images of the MT pair")
+        if self.group not in (*GROUPS, "n/a"):
+            raise ValueError(f"group must be one of {GROUPS} or 'n/a', got {self.group!r}")
+
+    @property
+    def key(self) -> str:
+        return session_key(self.subject, self.session)
+
+
+@dataclass
+class MyelinDiscovery:
+    """The myelin arm's runnable sessions, the refused (bad input) and the skipped (no such data)."""
+
+    myelin: list[MyelinInputs] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)   # key -> one line naming the file and why
+    skipped: dict[str, str] = field(default_factory=dict)   # key -> "myelin arm skipped: no DWI", ...
+
+
+def lesion_root(bids_dir: Path, lesion_dir: Path | None = None) -> Path:
+    """The lesion derivatives dataset: ``lesion_dir`` (which must exist), else BIDS_DIR/derivatives/lesions."""
+    if lesion_dir is None:
+        return Path(bids_dir) / LESION_SUBDIR
+    lesion_dir = Path(lesion_dir)
+    if not lesion_dir.is_dir():
+        raise InputError(lesion_dir, "lesion directory (--lesion-dir) not found or not a directory")
+    return lesion_dir
+
+
+def lesion_path(root: Path, subject: str, session: str | None) -> Path:
+    """``root/sub-<L>[/ses-<S>]/anat/sub-<L>[_ses-<S>]_label-lesion_mask.nii.gz`` (labels checked)."""
+    subject = clean_label(subject)
+    folder = Path(root) / f"sub-{subject}"
+    if session:
+        session = clean_label(session, what="session label")
+        folder = folder / f"ses-{session}"
+    return folder / "anat" / f"{session_key(subject, session)}_label-lesion_mask.nii.gz"
+
+
+def _pick(files: list, what: str, notes: list[str]) -> Path:
+    """The first of a session's files (sorted by name); more than one gets a note."""
+    paths = sorted(Path(f.path) for f in files)
+    if len(paths) > 1:
+        notes.append(f"{len(paths)} {what} images in the session; using {paths[0].name}")
+    return paths[0]
+
+
+def _mt_pair(files: list, notes: list[str]) -> tuple[Path, Path]:
+    """The MT-on and MT-off images (``mt-on``/``mt-off`` entities of the ``MTR`` suffix)."""
+    by_state = {state: [f for f in files if str(f.entities.get("mt", "")).lower() == state] for state in ("on", "off")}
+    for state, other in (("on", "off"), ("off", "on")):
+        if by_state[state] and not by_state[other]:
+            present = Path(min(f.path for f in by_state[state]))
+            partner = present.name.replace(f"mt-{state}", f"mt-{other}")
+            raise InputError(present, f"MT-{state} image without its MT-{other} partner ({partner} not found): "
+                                      "the MTR needs both, or an MTRmap")
+    if not by_state["on"]:
+        raise InputError(min(f.path for f in files),
+                         "MTR image without an mt-on/mt-off entity: cannot tell the MT pair apart")
+    return _pick(by_state["on"], "MT-on", notes), _pick(by_state["off"], "MT-off", notes)
+
+
+def _check_dynamic_pet(pet: Path, sidecar_path: Path) -> None:
+    """A 4D PET whose sidecar's frame timing (checked as Logan reads it) matches its frames."""
+    from synthquant.kinetics import frame_times_min  # noqa: PLC0415
+
+    n_frames = load_image(pet, ndim=(4,)).shape[3]
+    sidecar = read_sidecar(sidecar_path)
+    missing = [key for key in ("FrameTimesStart", "FrameDuration") if key not in sidecar]
+    if missing:
+        raise InputError(sidecar_path, f"sidecar lacks {' and '.join(missing)}: the dynamic PIB PET needs "
+                                       "its frame timing (Logan DVR)")
+    starts, _ = frame_times_min(sidecar["FrameTimesStart"], sidecar["FrameDuration"], source=sidecar_path)
+    if starts.size != n_frames:
+        raise InputError(sidecar_path, f"sidecar lists {starts.size} frames, the image has {n_frames}")
+
+
+def check_myelin_session(layout, bids_dir: Path, lesions: Path, participants: pd.DataFrame,
+                         subject: str, session: str | None, files: dict[str, list]) -> MyelinInputs:
+    """Open and check every file of one myelin session; raise InputError on the first problem.
+
+    ``files`` holds the session's pybids files by kind: ``T1w``, ``MTRmap``, ``MTR`` (the MT
+    pair), ``dwi`` and ``pib``.
+    """
+    from synthquant.diffusion import read_gradients  # noqa: PLC0415
+    from synthquant.myelin import check_same_subject_grid  # noqa: PLC0415 - heavy imports
+
+    notes: list[str] = []
+    t1w = _inside(_pick(files["T1w"], "T1w", notes), bids_dir)
+    mtr = mt_on = mt_off = None
+    if files["MTRmap"]:
+        mtr = _inside(_pick(files["MTRmap"], "MTRmap", notes), bids_dir)
+        if files["MTR"]:
+            notes.append("MTRmap used; the MT-on/MT-off images are ignored")
+    else:
+        mt_on, mt_off = (_inside(path, bids_dir) for path in _mt_pair(files["MTR"], notes))
+    dwi = _inside(_pick(files["dwi"], "DWI", notes), bids_dir)
+    stem = sidecar_of(dwi).with_suffix("")
+    bval, bvec = (_inside(stem.with_name(stem.name + ext), bids_dir) for ext in (".bval", ".bvec"))
+
+    # Every image is read once here: a corrupt header or payload is refused in one line.
+    load_image(t1w)
+    if mtr is not None:
+        load_image(mtr)
+    else:
+        on, off = load_image(mt_on), load_image(mt_off)
+        if on.shape != off.shape or not np.allclose(on.affine, off.affine, atol=1e-3):
+            raise InputError(mt_on, f"MT-on and MT-off images are on different grids ({mt_off.name}); "
+                                    "register them first")
+    n_volumes = load_image(dwi, ndim=(4,)).shape[3]
+    read_gradients(bval, bvec, n_volumes)   # missing file, wrong count, too few directions, ...
+
+    lesion = lesion_path(lesions, subject, session)
+    if not lesion.exists() and lesion.with_name(lesion.name.removesuffix(".gz")).exists():
+        lesion = lesion.with_name(lesion.name.removesuffix(".gz"))
+    group = group_of(subject, participants)
+    if lesion.exists():
+        _inside(lesion, lesions, "the lesion directory")
+        load_image(lesion, require_nonzero=False)   # an empty mask is a patient without visible lesions
+    else:
+        if group == "patient":
+            notes.append(f"patient without a lesion mask ({lesion} not found): no lesion ROI")
+        lesion = None
+
+    others = [t1w] + ([mt_on] if mt_on else []) + ([lesion] if lesion else [])
+    check_same_subject_grid(mtr or mt_off, dwi, *others)
+
+    pib = pib_sidecar = None
+    if files["pib"]:
+        pib = _inside(_pick(files["pib"], "PIB PET", notes), bids_dir)
+        pib_sidecar = _inside(sidecar_of(pib), bids_dir)
+        _check_dynamic_pet(pib, pib_sidecar)
+
+    sidecars = [layout.get_metadata(str(path)) for path in (t1w, mtr or mt_off, dwi)]
+    return MyelinInputs(
+        subject=subject, session=session, site=site_of(subject, participants, *sidecars), group=group,
+        t1w=t1w, mtr=mtr, mt_on=mt_on, mt_off=mt_off, dwi=dwi, bval=bval, bvec=bvec,
+        pib=pib, pib_sidecar=pib_sidecar, lesion=lesion, notes=tuple(notes),
+    )
+
+
+def discover_myelin(bids_dir: Path, participant_labels: tuple[str, ...] = (), *,
+                    lesion_dir: Path | None = None) -> MyelinDiscovery:
+    """Find and check every myelin session (T1w, MTR map or MT pair, DWI; PIB PET and lesion mask
+    where present) of the requested participants.
+
+    A session without the arm's modalities is skipped with its reason; one with a bad file is
+    refused with one line naming the file. Lesion masks come from ``lesion_dir``, by default
+    ``BIDS_DIR/derivatives/lesions``.
+    """
+    bids_dir = Path(bids_dir)
+    layout = load_layout(bids_dir)
+    participants = participants_table(bids_dir)
+    lesions = lesion_root(bids_dir, lesion_dir)
+    found = MyelinDiscovery()
+    for subject, session, key, query in _sessions(layout, bids_dir, participant_labels):
+        files = {
+            "T1w": layout.get(suffix="T1w", datatype="anat", **query),
+            "MTRmap": layout.get(suffix="MTRmap", datatype="anat", **query),
+            "MTR": layout.get(suffix="MTR", datatype="anat", **query),
+            "dwi": layout.get(suffix="dwi", datatype="dwi", **query),
+            "pib": [f for f in layout.get(suffix="pet", datatype="pet", **query)
+                    if str(f.entities.get("tracer", "")).upper() == "PIB"],
+        }
+        missing = [name for name, present in (("MTR (MTRmap or MT-on/MT-off pair)", files["MTRmap"] or files["MTR"]),
+                                              ("DWI", files["dwi"]), ("T1w", files["T1w"])) if not present]
+        if missing:
+            found.skipped[key] = "myelin arm skipped: no " + ", no ".join(missing)
+            continue
+        try:
+            found.myelin.append(check_myelin_session(layout, bids_dir, lesions, participants, subject, session, files))
+        except InputError as err:
+            found.refused[key] = str(err)
+    return found
 
 
 def bids_validator_executable() -> Path | None:
