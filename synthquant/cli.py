@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "and --pet-template-levels multiatlas templates, in OUTPUT_DIR/group/pet_templates")
     parser.add_argument("--pet-template-levels", type=int, default=4, metavar="K",
                         help="number of multiatlas templates (composite-SUVR quantile bins; default 4)")
+    parser.add_argument("--hc-norm", type=Path, default=None, metavar="DIR",
+                        help="myelin: folder of healthy-control WM DVR norms (hc_wm_norm_src-*.json, written by the "
+                             "group level); default: OUTPUT_DIR/group/hc_wm_norm where it exists")
+    parser.add_argument("--demyelination-k", type=float, default=2.0, metavar="K",
+                        help="myelin: a lesion voxel is demyelinated below the HC WM mean - K SD (default 2, "
+                             "Bodini 2016)")
     parser.add_argument("--version", action="version", version=f"synthquant {__version__}")
     return parser
 
@@ -81,6 +87,8 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ru
                                f"{', '.join(f'{r:g}' for r in TEMPLATE_RESOLUTIONS)} (mm)")
     if args.nprocs < 1:
         raise InputError(None, "--nprocs must be at least 1")
+    if not args.demyelination_k > 0:
+        raise InputError(None, "--demyelination-k must be positive")
     return RunConfig(
         bids_dir=bids_dir, output_dir=output_dir, analysis_level=args.analysis_level,
         work_dir=(args.work_dir or output_dir.parent / "work").resolve(),
@@ -94,6 +102,7 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ru
         centiloid_equation=args.centiloid_equation, lesion_dir=args.lesion_dir,
         pet_templates_dir=args.pet_templates.resolve() if args.pet_templates else None,
         build_pet_templates=args.build_pet_templates, pet_template_levels=args.pet_template_levels,
+        hc_norm_dir=args.hc_norm.resolve() if args.hc_norm else None, demyelination_k=args.demyelination_k,
     )
 
 
@@ -124,6 +133,55 @@ def check_synthesis(config: RunConfig, sessions: list) -> tuple[object | None, s
               "--models DIR with a model trained on real PET/MR pairs (run_workflow.py train mr-from-fbp)",
               file=sys.stderr, flush=True)
     return model, device.type
+
+
+def check_dvr_model(config: RunConfig, sessions: list, device: str | None) -> tuple[object | None, str]:
+    """Load the ``dvr_from_mri`` model once, before any myelin session runs (as check_synthesis)."""
+    if not sessions:
+        return None, device or "cpu"
+    from synthquant.models import DVR_FROM_MRI, resolve_model
+
+    if device is None:
+        from synthquant.nets.device import choose_device
+
+        device = choose_device(config.device, omp_nthreads=config.omp_nthreads).type
+        if config.device == "auto":
+            say(f"synthesis device: {device} (--device auto)")
+    model = resolve_model(DVR_FROM_MRI, config.models_dir)
+    say(f"myelin model: {model.weights} (SHA-256 {model.sha256[:12]}...)")
+    if model.synthetic_only:
+        print(f"WARNING {model.weights}: demo weights trained on synthetic phantoms only; for real data pass "
+              "--models DIR with a model trained on real MTR/DTI/PIB data (run_workflow.py train dvr-from-mri)",
+              file=sys.stderr, flush=True)
+    return model, device
+
+
+def check_hc_norms(config: RunConfig) -> dict:
+    """The HC WM norms per DVR source (``synth``, ``pib``), checked; empty when none exists yet.
+
+    Each source is compared with the norm of the same source (so a prediction's bias cancels,
+    Wei §3.5); where only one was built, both use it and the sidecar names it.
+    """
+    folder = config.hc_norm
+    if folder is None:
+        say("no healthy-control WM norm yet: DVR maps and ROI means only; run the group level, then the "
+            "participant level again, for demyelinated voxels")
+        return {}
+    if not folder.is_dir():
+        raise InputError(folder, "--hc-norm directory not found")
+    from synthquant.myelin import DVR_SOURCES, load_hc_wm_norm
+
+    found = {}
+    for source in DVR_SOURCES:
+        description = folder / f"hc_wm_norm_src-{source}.json"
+        if description.is_file():
+            load_hc_wm_norm(description)  # one line for a broken norm, before any subject
+            found[source] = description
+    if not found:
+        raise InputError(folder, "no hc_wm_norm_src-*.json in the HC norm directory")
+    norms = {source: found.get(source, next(iter(found.values()))) for source in DVR_SOURCES}
+    say("HC WM norms: " + ", ".join(f"{source} DVR vs {path.name}" for source, path in norms.items()))
+    return norms
 
 
 def check_pet_templates(config: RunConfig, sessions: list):
@@ -160,11 +218,26 @@ def run_participant(config: RunConfig) -> int:
         for line in bids_validator_issues(config.bids_dir):
             print(f"WARNING {line}", file=sys.stderr, flush=True)
     say(f"indexing {config.bids_dir}")
-    found = discover(config.bids_dir, config.participant_labels, centiloid_equation=config.centiloid_equation)
-    for key, reason in found.refused.items():
+    from synthquant.bids import discover_myelin
+
+    amyloid, myelin, refused = [], [], {}
+    if config.runs_amyloid:
+        found = discover(config.bids_dir, config.participant_labels, centiloid_equation=config.centiloid_equation)
+        amyloid, refused = found.amyloid, dict(found.refused)
+        if not amyloid and not refused and config.pipeline == "amyloid":
+            raise InputError(config.bids_dir, "no amyloid PET found for the requested participants")
+    if config.runs_myelin:
+        found_myelin = discover_myelin(config.bids_dir, config.participant_labels, lesion_dir=config.lesion_dir)
+        myelin = found_myelin.myelin
+        refused.update({f"{key} (myelin)": reason for key, reason in found_myelin.refused.items()})
+        for key, reason in found_myelin.skipped.items():
+            print(f"WARNING {key}: {reason}", file=sys.stderr, flush=True)
+        if not myelin and not found_myelin.refused and config.pipeline == "myelin":
+            raise InputError(config.bids_dir, "no session with MTR, DWI and T1w found for the requested participants")
+    for key, reason in refused.items():
         print(f"ERROR {key}: {reason}", file=sys.stderr, flush=True)
-    if not found.amyloid and not found.refused:
-        raise InputError(config.bids_dir, "no amyloid PET found for the requested participants")
+    if not amyloid and not myelin and not refused:
+        raise InputError(config.bids_dir, "nothing to process for the requested participants")
 
     from synthquant.runner import run_graph
     from synthquant.workflows.base import init_participant_wf
@@ -176,10 +249,13 @@ def run_participant(config: RunConfig) -> int:
     (config.output_dir / "logs" / "config.json").write_text(config.to_json())
 
     base_sidecar = {"SoftwareVersions": software_versions()}
-    synth_model, synth_device = check_synthesis(config, found.amyloid)
-    pet_templates = check_pet_templates(config, found.amyloid)
-    workflow, names, warnings = init_participant_wf(config, found.amyloid, base_sidecar, synth_model=synth_model,
-                                                    synth_device=synth_device, pet_templates=pet_templates)
+    synth_model, synth_device = check_synthesis(config, amyloid)
+    pet_templates = check_pet_templates(config, amyloid)
+    dvr_model, synth_device = check_dvr_model(config, myelin, synth_device if synth_model else None)
+    hc_norms = check_hc_norms(config) if myelin else {}
+    workflow, names, warnings = init_participant_wf(config, amyloid, base_sidecar, synth_model=synth_model,
+                                                    synth_device=synth_device, pet_templates=pet_templates,
+                                                    myelin_sessions=myelin, dvr_model=dvr_model, hc_norms=hc_norms)
     for warning in warnings:
         print(f"WARNING {warning}", file=sys.stderr, flush=True)
     failures = {}
@@ -192,7 +268,7 @@ def run_participant(config: RunConfig) -> int:
     for key, reason in failures.items():
         print(f"ERROR {key}: {reason}", file=sys.stderr, flush=True)
     done = [key for key in names.values() if key not in failures]
-    failed = len(failures) + len(found.refused)
+    failed = len(failures) + len(refused)
     say(f"participant level: {len(done)} session(s) succeeded, {failed} failed; outputs in {config.output_dir}")
     return EXIT_OK if failed == 0 and done else EXIT_SUBJECT_FAILED
 
@@ -271,8 +347,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             return run_demo(args.demo, args.nprocs)
         config = make_config(args, parser)
-        if config.pipeline == "myelin":
-            raise InputError(None, "the myelin pipeline is not available in this release")
         if config.analysis_level == "participant":
             return run_participant(config)
         return run_group_level(config)

@@ -43,6 +43,11 @@ class RunConfig:
     #: Group level: also build PET templates from this run's mr-normalised PETs.
     build_pet_templates: bool = False
     pet_template_levels: int = 4
+    #: Folder of healthy-control WM DVR norms (``hc_wm_norm_src-*.json``); default: the one the
+    #: group level wrote into ``output_dir/group/hc_wm_norm``, where it exists.
+    hc_norm_dir: Path | None = None
+    #: Bodini 2016: a lesional voxel is demyelinated below the HC WM mean - k SD.
+    demyelination_k: float = 2.0
     seed: int = 0
 
     @property
@@ -53,6 +58,22 @@ class RunConfig:
         if self.models_dir is not None and (self.models_dir / "pet_templates").is_dir():
             return self.models_dir / "pet_templates"
         return None
+
+    @property
+    def hc_norm(self) -> Path | None:
+        """Where the participant level reads the HC WM norms, if anywhere."""
+        if self.hc_norm_dir is not None:
+            return self.hc_norm_dir
+        built = self.output_dir / "group" / "hc_wm_norm"
+        return built if built.is_dir() else None
+
+    @property
+    def runs_amyloid(self) -> bool:
+        return self.pipeline in ("amyloid", "all")
+
+    @property
+    def runs_myelin(self) -> bool:
+        return self.pipeline in ("myelin", "all")
 
     def to_json(self) -> str:
         def plain(value):

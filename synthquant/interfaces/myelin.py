@@ -75,6 +75,8 @@ class _T1wMasksInputSpec(BaseInterfaceInputSpec):
     t1w_brain = File(exists=True, mandatory=True)
     brain_mask = File(exists=True, mandatory=True)
     lesion = File(exists=True, desc="lesion mask (on the T1w grid; another grid is resampled and noted)")
+    inverse_transforms = InputMultiObject(File(exists=True), mandatory=True, desc="template -> T1w (ANTs order)")
+    inverse_invert = traits.List(traits.Bool, mandatory=True)
 
 
 class _T1wMasksOutputSpec(TraitedSpec):
@@ -95,7 +97,7 @@ class T1wMasks(SimpleInterface):
         from synthquant.myelinprep import t1w_masks
 
         paths, notes = t1w_masks(self.inputs.t1w_brain, self.inputs.brain_mask, _optional(self.inputs.lesion),
-                                 runtime.cwd)
+                                 list(zip(self.inputs.inverse_transforms, self.inputs.inverse_invert)), runtime.cwd)
         self._results.update({key: str(value) for key, value in paths.items()})
         self._results["notes"] = notes
         return runtime

@@ -30,12 +30,15 @@ def methods_for(inputs, config: RunConfig) -> tuple[tuple[str, ...], list[str]]:
 
 
 def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict, *, synth_model=None,
-                        synth_device: str = "cpu", pet_templates=None) -> tuple[pe.Workflow, dict, list]:
-    """Build the graph for every runnable session.
+                        synth_device: str = "cpu", pet_templates=None, myelin_sessions: list = (),
+                        dvr_model=None, hc_norms: dict | None = None) -> tuple[pe.Workflow, dict, list]:
+    """Build the graph for every runnable session of both arms.
 
     ``synth_model`` is the checked ``mr_from_fbp`` model (``synthquant.models``) and
     ``synth_device`` the device already chosen for it (``cpu`` or ``cuda``); ``pet_templates``
-    the checked (normal-control, multiatlas) templates.
+    the checked (normal-control, multiatlas) templates. ``myelin_sessions`` are
+    :class:`synthquant.bids.MyelinInputs`, run with the checked ``dvr_model`` (on the same
+    device) and the HC WM norms ``hc_norms`` (``{source: json}``, possibly empty).
     Returns the workflow, ``{wf_name: session key}`` and warnings (methods skipped).
     """
     workflow = pe.Workflow(name="synthquant_wf", base_dir=str(config.work_dir))
@@ -54,4 +57,15 @@ def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict, *
                                  base_sidecar={**base_sidecar, "Site": inputs.site}, name=name)
         workflow.add_nodes([sub_wf])
         names[name] = inputs.key
+    for inputs in myelin_sessions:
+        from synthquant.workflows.myelin import init_myelin_wf
+
+        name = session_wf_name(inputs).removesuffix("_wf") + "_myelin_wf"
+        sub_wf = init_myelin_wf(inputs=inputs, output_dir=str(config.output_dir), dvr_model=dvr_model,
+                                device=synth_device, use_gpu=synth_device == "cuda",
+                                template_resolution=config.template_resolution, omp_nthreads=config.omp_nthreads,
+                                hc_norms=hc_norms, k=config.demyelination_k,
+                                base_sidecar={**base_sidecar, "Site": inputs.site}, name=name)
+        workflow.add_nodes([sub_wf])
+        names[name] = f"{inputs.key} (myelin)"
     return workflow, names, warnings
