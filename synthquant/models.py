@@ -47,18 +47,28 @@ def resolve_model(name: str, models_dir: Path | None) -> ModelChoice:
     """Find ``name`` in ``models_dir`` (or the bundled demo weights) and load it once on the CPU.
 
     Loading here, before the graph runs, turns a missing, corrupt, pickled or mismatched model
-    into one line naming the file, instead of the same failure in every subject.
+    into one line naming the file, instead of the same failure in every subject. The card is
+    checked too: ``mr_from_fbp`` for its input grid, ``dvr_from_mri`` for a DVR generator
+    architecture, its input grid's voxel size, the modality order (MTR, FA, RD, AD) and the
+    intensity normalisation (:func:`synthquant.nets.dvr.check_dvr_card`).
     """
-    from synthquant.nets import NETS_REGISTRY, load_model  # noqa: PLC0415 - torch import
+    from synthquant.nets import MYELIN_NETS_REGISTRY, NETS_REGISTRY, load_model  # noqa: PLC0415 - torch import
 
+    if name not in (MR_FROM_FBP, DVR_FROM_MRI):
+        raise InputError(None, f"unknown model name {name!r} (known: {MR_FROM_FBP}, {DVR_FROM_MRI})")
     folder = Path(models_dir) if models_dir is not None else BUNDLED_MODELS_DIR
     if models_dir is not None and not folder.is_dir():
         raise InputError(folder, "--models directory not found")
     stem = folder / name
-    loaded = load_model(stem, NETS_REGISTRY, device="cpu")
+    registry = NETS_REGISTRY if name == MR_FROM_FBP else MYELIN_NETS_REGISTRY
+    loaded = load_model(stem, registry, device="cpu")
     if name == MR_FROM_FBP:
         from synthquant.nets.inference import check_card_grid  # noqa: PLC0415
 
         check_card_grid(loaded.card, stem.with_suffix(".json"))
+    else:
+        from synthquant.nets.dvr import check_dvr_card  # noqa: PLC0415
+
+        check_dvr_card(loaded.card, stem.with_suffix(".json"))
     return ModelChoice(stem=stem, sha256=loaded.sha256,
                        synthetic_only=bool(loaded.card.get("synthetic_phantom_only", False)), card=loaded.card)

@@ -15,8 +15,8 @@ from synthquant.interfaces.petonly import (
     SegmentationRegistration,
     SelectPETTemplate,
 )
-from synthquant.interfaces.synthesis import SynthesizeMR
+from synthquant.interfaces.synthesis import SynthesizeDVR, SynthesizeMR
 
 __all__ = ["AmyloidReport", "DerivativesSink", "NormalizeToTemplate", "PETSegmentation", "PETTemplateRegistration",
            "QuantifySUVR", "RigidCoregistration", "SegmentationRegistration", "SelectPETTemplate", "StaticPET",
-           "SynthesizeMR", "ToTemplate"]
+           "SynthesizeDVR", "SynthesizeMR", "ToTemplate"]

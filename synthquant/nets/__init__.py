@@ -1,9 +1,11 @@
 """Networks: PET-to-MR synthesis (the pix2pix U-Net generator and PatchGAN discriminator of
 Isola et al. 2017, as used by Choi & Lee 2018), the myelin arm's 3D Sketcher-Refiner GANs
-(Wei et al. 2019), their losses and optimisers, and safetensors checkpoints with a JSON card
-(never pickles)."""
+(Wei et al. 2019), their losses and optimisers, DVR inference from MTR and DTI, and safetensors
+checkpoints with a JSON card (never pickles). The training loops live in
+``synthquant.nets.training`` (mr_from_fbp) and ``synthquant.nets.myelin_training`` (dvr_from_mri)."""
 
 from synthquant.nets.checkpoint import LoadedModel, load_model, save_model
+from synthquant.nets.dvr import check_dvr_card, dvr_saliency, predict_dvr, synthesize_dvr
 from synthquant.nets.pix2pix import (
     NETS_REGISTRY,
     GeneratorLossTerms,
@@ -39,6 +41,10 @@ from synthquant.nets.sketcher_refiner import (
 )
 
 __all__ = [
+    "check_dvr_card",
+    "dvr_saliency",
+    "predict_dvr",
+    "synthesize_dvr",
     "MYELIN_NETS_REGISTRY",
     "NETS_REGISTRY",
     "PatchDiscriminator3D",

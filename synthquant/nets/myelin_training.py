@@ -276,9 +276,12 @@ def subject_folds(pairs: Sequence[MyelinPair], folds: int, seed: int) -> list[li
     group (control, patient, n/a) and dealt round-robin, the deal continuing across groups, so
     fold sizes differ by at most one.
     """
+    group_of: dict[str, str] = {}
+    for pair in pairs:  # a subject's first session names its group
+        group_of.setdefault(subject_of(pair.key), pair.group)
     groups: dict[str, set[str]] = {}
-    for pair in pairs:
-        groups.setdefault(pair.group, set()).add(subject_of(pair.key))
+    for subject, group in group_of.items():
+        groups.setdefault(group, set()).add(subject)
     n_subjects = sum(len(s) for s in groups.values())
     if not 2 <= folds <= n_subjects:
         raise InputError(None, f"--folds must lie in 2..{n_subjects} (the number of subjects), got {folds}")
