@@ -282,15 +282,18 @@ def prepare_training_subject(inputs, out_dir: str | Path, *, template_resolution
     """Every step above for one subject with a dynamic PIB PET, onto the PIB's myelin grid.
 
     Returns the grid's files (``MTR``, ``FA``, ``RD``, ``AD``, the masks and ``dvr``). A
-    ``done.json`` in ``out_dir`` caches them: a second call reads it and recomputes nothing.
+    ``done.json`` in ``out_dir`` caches them with the settings: a second call with the same
+    settings reads it and recomputes nothing.
     """
     from synthquant.registration import normalize_to_template, rigid_register  # noqa: PLC0415
 
     out_dir = Path(out_dir)
     done = out_dir / "done.json"
+    settings = {"template_resolution": float(template_resolution), "voxel_mm": float(voxel_mm)}
     if done.is_file():
-        cached = {k: Path(v) for k, v in json.loads(done.read_text()).items()}
-        if all(p.is_file() for p in cached.values()):
+        record = json.loads(done.read_text())
+        cached = {k: Path(v) for k, v in record.get("files", {}).items()}
+        if record.get("settings") == settings and cached and all(p.is_file() for p in cached.values()):
             return cached
     out_dir.mkdir(parents=True, exist_ok=True)
     if inputs.pib is None:
@@ -311,7 +314,8 @@ def prepare_training_subject(inputs, out_dir: str | Path, *, template_resolution
     # The true DVR is on the PET's own grid: the myelin grid shares its axes, so only the voxel
     # size changes (no transform).
     paths["dvr"] = _resample_same_space(dvr["dvr"], grid, out_dir / "grid" / "dvr.nii.gz")
-    atomic_write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=2), done)
+    atomic_write_text(json.dumps({"settings": settings, "files": {k: str(v) for k, v in paths.items()}}, indent=2),
+                      done)
     return paths
 
 
