@@ -134,8 +134,9 @@ def predict_dvr(model, card: Mapping, maps: Mapping[str, np.ndarray], brain_mask
     volume = model_input(card, maps, brain)
     if window is None:
         window = auto_window(model, brain.shape)
+    # A forced small window overlaps by half of itself at most.
     predicted = predict_volume(model, volume, window=window,
-                               **({} if window is None else {"overlap": OVERLAP}))[0]
+                               **({} if window is None else {"overlap": min(OVERLAP, int(window) // 2)}))[0]
     return np.where(brain, predicted * np.float32(sd) + np.float32(mean), 0.0).astype(np.float32)
 
 
