@@ -272,3 +272,25 @@ def test_cli_dataset_without_pib_is_one_line(tmp_path, capsys):
     line = _one_line(captured.err)
     assert line.startswith("synthquant train: error:") and "no subject with MTR, DWI, T1w and a dynamic" in line
     assert "Traceback" not in captured.err + captured.out
+
+
+@pytest.mark.slow
+def test_cli_trains_on_a_phantom_myelin_cohort(tmp_path, capsys):
+    """``train dvr-from-mri`` end to end: phantom BIDS -> myelinprep pairs -> 2-fold CV -> model that
+    resolve_model accepts. Two subjects (one control, one patient) keep the ANTs preprocessing
+    (about a minute per subject on one thread) within reach."""
+    from synthquant.phantom import make_myelin_cohort
+
+    bids = make_myelin_cohort(tmp_path / "bids", n_subjects=2, preset="test", seed=3)
+    out = tmp_path / "out"
+    status = train_main(["dvr-from-mri", str(bids), "--out", str(out), "-w", str(tmp_path / "work"), "--folds", "2",
+                         "--sketcher-steps", "2", "--refiner-steps", "2", "--base-features", "4",
+                         "--device", "cpu", "--omp-nthreads", "1"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "cross-validation (2 held-out subjects)" in captured.out
+    card = json.loads((out / "dvr_from_mri.json").read_text())
+    assert card["synthetic_phantom_only"] is True and card["training"]["n_subjects"] == 2
+    assert {p["group"] for p in card["cross_validation"]["per_subject"].values()} == {"control", "patient"}
+    choice = resolve_model(DVR_FROM_MRI, out)
+    assert choice.synthetic_only and choice.card["modalities"] == list(MR_CHANNELS)
