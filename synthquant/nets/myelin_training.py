@@ -70,6 +70,7 @@ from synthquant.nets.sketcher_refiner import (
     region_weights,
     sketcher_train_step,
 )
+
 # Adam states as named tensors for safetensors: one home, shared with the mr_from_fbp loop.
 from synthquant.nets.training import _flatten_optimizer, _unflatten_optimizer
 
@@ -777,7 +778,7 @@ def train_dvr_from_mri_bids(bids_dir: str | Path, out_dir: str | Path, *, work_d
         raise InputError(bids_dir, "BIDS directory not found")
     if out_dir.resolve() == bids_dir.resolve():
         raise InputError(out_dir, "output directory must differ from the BIDS directory")
-    options.get("settings", DVRTrainingSettings()).check()  # bad settings before hours of preprocessing
+    (options.get("settings") or DVRTrainingSettings()).check()  # bad settings before hours of preprocessing
     from synthquant.myelinprep import training_pairs  # noqa: PLC0415 - imports antspyx
 
     work_dir = Path(work_dir) if work_dir is not None else out_dir / "work"
