@@ -40,9 +40,10 @@ SOURCE_DESCRIPTIONS = {
 }
 
 
-def _merge_notes(*lists):
+def _merge_notes(session, masks, synth, quantified):
+    """The session's sidecar notes, each once, in order (a Nipype Function node: names matter)."""
     notes = []
-    for values in lists:
+    for values in (session, masks, synth, quantified):
         for note in values or []:
             if note not in notes:
                 notes.append(note)
