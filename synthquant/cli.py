@@ -203,8 +203,12 @@ def check_pet_templates(config: RunConfig, sessions: list):
     return nc_template, levels
 
 
-def run_participant(config: RunConfig) -> int:
-    """Discover, check, build and run; return the exit status."""
+def participant_graph(config: RunConfig, name: str = "synthquant_wf"):
+    """Discover and check the inputs, then build the participant graph.
+
+    Returns ``(workflow, names, refused)``: ``names`` maps sub-workflow names to session keys,
+    ``refused`` the sessions whose input was refused (already reported, one line each).
+    """
     from synthquant.bids import (
         bids_validator_issues,
         discover,
@@ -255,9 +259,30 @@ def run_participant(config: RunConfig) -> int:
     hc_norms = check_hc_norms(config) if myelin else {}
     workflow, names, warnings = init_participant_wf(config, amyloid, base_sidecar, synth_model=synth_model,
                                                     synth_device=synth_device, pet_templates=pet_templates,
-                                                    myelin_sessions=myelin, dvr_model=dvr_model, hc_norms=hc_norms)
+                                                    myelin_sessions=myelin, dvr_model=dvr_model, hc_norms=hc_norms,
+                                                    name=name)
     for warning in warnings:
         print(f"WARNING {warning}", file=sys.stderr, flush=True)
+    return workflow, names, refused
+
+
+def run_participant(config: RunConfig, also: RunConfig | None = None) -> int:
+    """Discover, check, build and run; return the exit status.
+
+    ``also`` is a second configuration (another dataset and output folder; ``--demo`` runs its
+    myelin cohort so) whose sessions join the same graph, so one scheduler keeps every
+    process busy; its work dir is the first one's.
+    """
+    from synthquant.runner import run_graph
+
+    workflow, names, refused = participant_graph(config)
+    if also is not None:
+        from nipype.pipeline import engine as pe
+
+        other, other_names, other_refused = participant_graph(also, name="synthquant_also_wf")
+        top = pe.Workflow(name="synthquant_demo_wf", base_dir=str(config.work_dir))
+        top.add_nodes([wf for wf, n in ((workflow, names), (other, other_names)) if n])
+        workflow, names, refused = top, {**names, **other_names}, {**refused, **other_refused}
     failures = {}
     if names:
         say(f"running {len(names)} session(s) with {config.plugin} ({config.nprocs} processes); work dir {config.work_dir}")
@@ -287,41 +312,55 @@ def run_group_level(config: RunConfig) -> int:
     return EXIT_OK
 
 
-#: The demo: a 6-subject, 3-site phantom cohort (2 NC, 2 MCI, 2 AD), SyN at 3 mm (at 2 mm, five
-#: methods took 12 min 21 s on 2 cores; the budget is 10 min).
+#: The demo: a 6-subject, 3-site amyloid phantom (2 NC, 2 MCI, 2 AD), SyN at 3 mm (at 2 mm, five
+#: methods took 12 min 21 s on 2 cores; the budget is 10 min), and a 5-subject myelin phantom
+#: (2 MS, 3 HC: the HC norm needs 3 controls) at the test preset (3 mm anatomy).
 DEMO_SUBJECTS, DEMO_TEMPLATE_RESOLUTION, DEMO_TEMPLATE_LEVELS = 6, 3.0, 3
+DEMO_MYELIN_SUBJECTS, DEMO_MYELIN_PRESET = 5, "test"
 
 
 def run_demo(output_dir: Path, nprocs: int) -> int:
-    """Phantom cohort -> every method -> group, then the errors against the phantom's truth.
+    """Phantom cohorts -> both arms -> group, then the errors against the phantom's truth.
+
+    Amyloid (Choi & Lee 2018):
 
     1. Participant level with ``mr`` and ``synthmr`` (the bundled demo generator).
-    2. Group level, building the FBP PET templates from the mr-normalised PETs
-       (Choi & Lee 2018). The demo has one cohort, so the templates include the subjects they
-       then normalise: that favours pettemplate and multiatlas (benchmarks/ holds them out).
+    2. Group level, building the FBP PET templates from the mr-normalised PETs. The demo has
+       one cohort, so the templates include the subjects they then normalise: that favours
+       pettemplate and multiatlas (benchmarks/ holds them out).
     3. Participant level with all five methods (step 1's nodes come from the cache), so each
        subject's report shows every method; then the group level again.
+
+    Myelin (Wei et al. 2019, Bodini et al. 2016), run in the same graphs as steps 1 and 3:
+    predicted and true (Logan) PIB DVR; the group level of step 2 builds the healthy-control
+    WM norm, with which step 3 finds the demyelinated lesion voxels.
     """
-    from synthquant.phantom import make_amyloid_cohort
+    from synthquant.phantom import make_amyloid_cohort, make_myelin_cohort
 
     output_dir = output_dir.resolve()
-    bids_dir = output_dir / "bids"
+    bids_dir, myelin_bids = output_dir / "bids", output_dir / "bids_myelin"
     if not (bids_dir / "dataset_description.json").exists():
-        say(f"writing a phantom cohort (demo preset) to {bids_dir}")
+        say(f"writing an amyloid phantom cohort (demo preset) to {bids_dir}")
         make_amyloid_cohort(bids_dir, n_subjects=DEMO_SUBJECTS, preset="demo", seed=0)
-    derivatives = output_dir / "derivatives"
+    if not (myelin_bids / "dataset_description.json").exists():
+        say(f"writing a myelin phantom cohort ({DEMO_MYELIN_PRESET} preset) to {myelin_bids}")
+        make_myelin_cohort(myelin_bids, n_subjects=DEMO_MYELIN_SUBJECTS, preset=DEMO_MYELIN_PRESET, seed=0)
+    derivatives, myelin_derivatives = output_dir / "derivatives", output_dir / "derivatives_myelin"
     common = dict(bids_dir=bids_dir, output_dir=derivatives, analysis_level="participant",
                   work_dir=output_dir / "work", nprocs=nprocs, omp_nthreads=nprocs,
                   template_resolution=DEMO_TEMPLATE_RESOLUTION, skip_bids_validation=True)
-    status = run_participant(RunConfig(**common, methods=("mr", "synthmr")))
-    say("building FBP PET templates from the mr-normalised PETs (group level)")
+    myelin = dict(common, bids_dir=myelin_bids, output_dir=myelin_derivatives, pipeline="myelin")
+    status = run_participant(RunConfig(**common, methods=("mr", "synthmr")), also=RunConfig(**myelin))
+    say("group level: FBP PET templates from the mr-normalised PETs; healthy-control WM DVR norm")
     run_group_level(RunConfig(**{**common, "analysis_level": "group"}, build_pet_templates=True,
                               pet_template_levels=DEMO_TEMPLATE_LEVELS))
+    run_group_level(RunConfig(**{**myelin, "analysis_level": "group"}))
     config = RunConfig(**common, methods=("mr", "synthmr", "pettemplate", "multiatlas", "petseg"),
                        pet_templates_dir=derivatives / "group" / "pet_templates")
-    status = max(status, run_participant(config))
+    status = max(status, run_participant(config, also=RunConfig(**myelin)))
     run_group_level(RunConfig(**{**common, "analysis_level": "group"}))
-    from synthquant.evaluation import compare_to_method, compare_to_truth
+    run_group_level(RunConfig(**{**myelin, "analysis_level": "group"}))
+    from synthquant.evaluation import compare_myelin_sources, compare_to_method, compare_to_truth
 
     group_table = derivatives / "group" / "amyloid_suvr.tsv"
     print("\nSUVR error against the phantom's ground truth (what a perfect normalisation would measure; "
@@ -329,7 +368,11 @@ def run_demo(output_dir: Path, nprocs: int) -> int:
     print(compare_to_truth(group_table, bids_dir).to_string(index=False))
     print("\nSUVR difference of each MR-less method from the real-T1w method mr (Choi & Lee 2018, Table 2):")
     print(compare_to_method(group_table, "mr").to_string(index=False))
-    print(f"\nreports: {derivatives}/sub-*.html and {derivatives}/group/group.html")
+    print("\nPredicted (synth) against true (pib, Logan) PIB DVR per ROI (Wei 2019, Table 2); demyelinated % of "
+          "the lesions from each (Bodini 2016):")
+    print(compare_myelin_sources(myelin_derivatives / "group" / "myelin_stats.tsv").to_string(index=False))
+    print(f"\nreports: {derivatives}/sub-*.html and {derivatives}/group/group.html; myelin tables: "
+          f"{myelin_derivatives}/group/myelin_stats.tsv")
     return status
 
 

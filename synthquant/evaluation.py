@@ -69,3 +69,30 @@ def compare_to_method(group_table: Path | pd.DataFrame, reference: str = "mr",
                      "bias": difference.mean(), "max_abs_error": np.abs(difference).max()})
     return pd.DataFrame(rows, columns=["method", "region", "n", "mae", "sd_abs_error", "bias",
                                        "max_abs_error"]).round(4)
+
+
+def compare_myelin_sources(myelin_table: Path | pd.DataFrame) -> pd.DataFrame:
+    """Predicted (``synth``) against true (``pib``) DVR per ROI, the analogue of Wei 2019 Table 2.
+
+    Per ROI and group (WM of controls, NAWM and lesions of patients): the discrepancy
+    |mean true - mean predicted| (mean and SD over subjects, Wei §3.2), the bias, and for
+    lesions the demyelinated percentage from each source.
+    """
+    table = myelin_table if isinstance(myelin_table, pd.DataFrame) else pd.read_csv(
+        myelin_table, sep="\t", na_values="n/a", keep_default_na=False)
+    keys = ["participant_id", "session_id", "group", "roi"]
+    pib = table[table["source"] == "pib"][keys + ["mean_dvr", "demyelinated_pct"]]
+    paired = table[table["source"] == "synth"].merge(pib, on=keys, suffixes=("", "_pib"))
+    paired = paired[paired["n_voxels"] > 0]
+    wanted = {("control", "wm"), ("patient", "nawm"), ("patient", "lesion")}
+    rows = []
+    for (group, roi), part in paired.groupby(["group", "roi"], sort=False):
+        if (group, roi) not in wanted:
+            continue
+        difference = part["mean_dvr"] - part["mean_dvr_pib"]
+        rows.append({"group": group, "roi": roi, "n": len(part), "discrepancy": difference.abs().mean(),
+                     "sd": difference.abs().std(ddof=1) if len(part) > 1 else np.nan, "bias": difference.mean(),
+                     "demyelinated_pct_synth": part["demyelinated_pct"].mean() if roi == "lesion" else np.nan,
+                     "demyelinated_pct_pib": part["demyelinated_pct_pib"].mean() if roi == "lesion" else np.nan})
+    return pd.DataFrame(rows, columns=["group", "roi", "n", "discrepancy", "sd", "bias", "demyelinated_pct_synth",
+                                       "demyelinated_pct_pib"]).round(4)

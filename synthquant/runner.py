@@ -7,6 +7,7 @@ with the crash file for the traceback) while the others complete.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -44,6 +45,15 @@ def configure_nipype(workflow, work_dir: Path) -> None:
         "monitoring": {"enabled": "false"},
     })
     logging.update_logging(config)
+    # MultiProc's workers come from a forkserver (run_graph): fresh interpreters that read
+    # Nipype's configuration file at import, not this process's settings, and would log every
+    # node at INFO. NIPYPE_CONFIG_DIR points them at the same quiet settings.
+    config_dir = Path(work_dir) / "nipype_config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["[logging]", "workflow_level = CRITICAL", "interface_level = CRITICAL", "utils_level = CRITICAL",
+             "log_to_file = false", "", "[monitoring]", "enabled = false", ""]
+    (config_dir / "nipype.cfg").write_text("\n".join(lines))
+    os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
 
 
 @dataclass

@@ -31,7 +31,8 @@ def methods_for(inputs, config: RunConfig) -> tuple[tuple[str, ...], list[str]]:
 
 def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict, *, synth_model=None,
                         synth_device: str = "cpu", pet_templates=None, myelin_sessions: list = (),
-                        dvr_model=None, hc_norms: dict | None = None) -> tuple[pe.Workflow, dict, list]:
+                        dvr_model=None, hc_norms: dict | None = None,
+                        name: str = "synthquant_wf") -> tuple[pe.Workflow, dict, list]:
     """Build the graph for every runnable session of both arms.
 
     ``synth_model`` is the checked ``mr_from_fbp`` model (``synthquant.models``) and
@@ -41,7 +42,7 @@ def init_participant_wf(config: RunConfig, sessions: list, base_sidecar: dict, *
     device) and the HC WM norms ``hc_norms`` (``{source: json}``, possibly empty).
     Returns the workflow, ``{wf_name: session key}`` and warnings (methods skipped).
     """
-    workflow = pe.Workflow(name="synthquant_wf", base_dir=str(config.work_dir))
+    workflow = pe.Workflow(name=name, base_dir=str(config.work_dir))
     names, warnings = {}, []
     for inputs in sessions:
         methods, method_warnings = methods_for(inputs, config)
