@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads per process (default and maximum: nprocs)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--models", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--batch-by", choices=["site"], default=None)
+    parser.add_argument("--batch-by", choices=["site"], default=None,
+                        help="run the participant level as a pydra workflow split over sites, then subjects, "
+                             "with per-site tables in OUTPUT_DIR/group")
+    parser.add_argument("--batch-worker", choices=["cf", "slurm"], default="cf",
+                        help="pydra worker of --batch-by: cf (local processes, default) or slurm")
     parser.add_argument("--plugin", default="MultiProc", help="Nipype plugin (MultiProc, Linear, SLURM, ...)")
     parser.add_argument("--plugin-args", type=json.loads, default={}, metavar="JSON")
     parser.add_argument("--skip-bids-validation", action="store_true",
@@ -103,6 +107,7 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ru
         pet_templates_dir=args.pet_templates.resolve() if args.pet_templates else None,
         build_pet_templates=args.build_pet_templates, pet_template_levels=args.pet_template_levels,
         hc_norm_dir=args.hc_norm.resolve() if args.hc_norm else None, demyelination_k=args.demyelination_k,
+        batch_worker=args.batch_worker,
     )
 
 
@@ -390,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             return run_demo(args.demo, args.nprocs)
         config = make_config(args, parser)
+        if config.analysis_level == "participant" and config.batch_by == "site":
+            from synthquant.workflows.batch import run_batch
+
+            return run_batch(config)
         if config.analysis_level == "participant":
             return run_participant(config)
         return run_group_level(config)

@@ -30,6 +30,8 @@ class RunConfig:
     device: str = "auto"
     models_dir: Path | None = None
     batch_by: str | None = None
+    #: pydra worker of ``--batch-by``: "cf" (local processes) or "slurm".
+    batch_worker: str = "cf"
     plugin: str = "MultiProc"
     plugin_args: dict = field(default_factory=dict)
     skip_bids_validation: bool = False
