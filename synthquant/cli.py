@@ -240,7 +240,10 @@ def participant_graph(config: RunConfig, name: str = "synthquant_wf"):
         myelin = found_myelin.myelin
         refused.update({f"{key} (myelin)": reason for key, reason in found_myelin.refused.items()})
         for key, reason in found_myelin.skipped.items():
-            print(f"WARNING {key}: {reason}", file=sys.stderr, flush=True)
+            if config.pipeline == "myelin":
+                print(f"WARNING {key}: {reason}", file=sys.stderr, flush=True)
+            else:  # --pipeline all: an amyloid-only subject is no surprise
+                say(f"{key}: {reason}")
         if not myelin and not found_myelin.refused and config.pipeline == "myelin":
             raise InputError(config.bids_dir, "no session with MTR, DWI and T1w found for the requested participants")
     for key, reason in refused.items():
