@@ -112,10 +112,12 @@ def run_group(output_dir: Path, bids_dir: Path) -> dict[str, Path]:
     if not amyloid.empty:
         amyloid["n_voxels"] = amyloid["n_voxels"].astype(int)
         written["amyloid_suvr"] = atomic_write_text(format_table(amyloid), group_dir / "amyloid_suvr.tsv")
-        written["report"] = write_group_report(amyloid, participants_table(Path(bids_dir)), group_dir)
     if not myelin.empty:
         written["myelin_stats"] = write_myelin_table(myelin, group_dir)
         written.update(build_hc_norms(output_dir, myelin))
+    # One page for whichever arms this output holds (an empty table: no section).
+    written["report"] = write_group_report(group_dir, participants=participants_table(Path(bids_dir)),
+                                          amyloid=amyloid, myelin=myelin)
     return written
 
 

@@ -8,6 +8,7 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
     InputMultiObject,
+    OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
     isdefined,
@@ -335,4 +336,51 @@ class MyelinTable(SimpleInterface):
         table = myelin_table([({**self.inputs.identity, "source": source}, json.loads(rows))
                               for source, rows in zip(self.inputs.sources, self.inputs.rows)])
         self._results["table"] = str(atomic_write_text(format_table(table), Path(runtime.cwd) / "myelinstats.tsv"))
+        return runtime
+
+
+class _MyelinReportInputSpec(BaseInterfaceInputSpec):
+    subject_key = traits.Str(mandatory=True, desc="sub-<L>[_ses-<S>]")
+    site = traits.Str("n/a", usedefault=True)
+    group = traits.Str("n/a", usedefault=True, desc="control, patient or n/a")
+    mtr = File(exists=True, mandatory=True, desc="MTR on the myelin grid")
+    fa = File(exists=True, mandatory=True)
+    rd = File(exists=True, mandatory=True)
+    ad = File(exists=True, mandatory=True)
+    brain = File(exists=True, mandatory=True, desc="brain mask on the myelin grid")
+    lesion = File(exists=True, mandatory=True, desc="lesion mask on the myelin grid (empty for a control)")
+    synth_dvr = File(exists=True, mandatory=True, desc="predicted DVR on the myelin grid")
+    pib_dvr = File(exists=True, desc="true DVR on the myelin grid (a dynamic PIB PET only)")
+    saliency = File(exists=True, desc="saliency map of the prediction")
+    demyelinated_synth = File(exists=True, desc="demyelinated voxels of the predicted DVR (with an HC norm)")
+    demyelinated_pib = File(exists=True, desc="demyelinated voxels of the true DVR (with an HC norm)")
+    table = File(exists=True, mandatory=True, desc="the session's myelinstats.tsv")
+    notes = traits.List(traits.Str, usedefault=True)
+    provenance = traits.Dict(usedefault=True, desc="model file, SHA-256, warnings, software versions")
+    k = traits.Float(desc="demyelinated below the HC norm's mean - k SD")
+
+
+class _MyelinReportOutputSpec(TraitedSpec):
+    html = File(exists=True)
+    figures = OutputMultiObject(File(exists=True))
+
+
+class MyelinReport(SimpleInterface):
+    """Render the session's myelin HTML report (:func:`synthquant.reports.myelin.render_myelin_report`)."""
+
+    input_spec = _MyelinReportInputSpec
+    output_spec = _MyelinReportOutputSpec
+
+    def _run_interface(self, runtime):
+        from synthquant.reports.myelin import render_myelin_report
+
+        i = self.inputs
+        result = render_myelin_report(
+            subject_key=i.subject_key, site=i.site, group=i.group,
+            maps={"MTR": i.mtr, "FA": i.fa, "RD": i.rd, "AD": i.ad}, masks={"brain": i.brain, "lesion": i.lesion},
+            dvr={"synth": i.synth_dvr, "pib": _optional(i.pib_dvr)}, saliency=_optional(i.saliency),
+            demyelinated={"synth": _optional(i.demyelinated_synth), "pib": _optional(i.demyelinated_pib)},
+            table=i.table, notes=list(i.notes), provenance=dict(i.provenance), k=i.k if isdefined(i.k) else None,
+            out_dir=runtime.cwd)
+        self._results.update(result)
         return runtime

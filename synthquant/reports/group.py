@@ -1,10 +1,17 @@
-"""Group HTML report: the composite SUVR and Centiloid of every subject, by site and diagnosis."""
+"""Group HTML report.
+
+- Amyloid: the composite SUVR and Centiloid of every subject, by site and diagnosis.
+- Myelin: the ROI-mean DVR by group and source, the agreement of predicted with true DVR
+  (Bland-Altman), and the demyelinated percentage of each patient's lesions (Wei et al. 2019;
+  Bodini et al. 2016).
+"""
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from synthquant.image import atomic_output, atomic_write_text
@@ -40,9 +47,233 @@ def _centiloid_figure(composite: pd.DataFrame, out_png: Path) -> Path:
     return out_png
 
 
-def write_group_report(amyloid: pd.DataFrame, participants: pd.DataFrame, group_dir: Path) -> Path:
-    """``group/group.html`` with its figure under ``group/figures/``."""
+# ------------------------------------------------------------------------------- myelin
+
+#: Wei 2019 Table 2's ROI of each group: WM of controls, NAWM and lesions of patients; a
+#: patient's WM is its NAWM plus the lesions, so it would count the same voxels twice.
+AGREEMENT_ROIS = {("control", "wm"): "control WM", ("patient", "nawm"): "patient NAWM",
+                  ("patient", "lesion"): "patient lesion", ("n/a", "wm"): "WM (group n/a)"}
+_GROUP_SOURCE_COLOURS = {("control", "synth"): "#9ecae1", ("control", "pib"): "#2171b5",
+                         ("patient", "synth"): "#fdae6b", ("patient", "pib"): "#d94801",
+                         ("n/a", "synth"): "#d9d9d9", ("n/a", "pib"): "#737373"}
+_AGREEMENT_COLOURS = dict(zip(AGREEMENT_ROIS.values(), ("#2171b5", "#31a354", "#d94801", "#737373")))
+_SOURCE_NAMES = {"synth": "predicted", "pib": "true (PIB PET)"}
+_ROI_NAMES = {"lesion": "lesion", "nawm": "NAWM", "wm": "WM"}
+_DVR_UNIT = "DVR (unitless; cerebellar GM = 1)"
+
+
+def _pyplot():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def _save(fig, out_png: Path) -> Path:
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(fig)
+    return out_png
+
+
+def read_myelin_stats(path: Path) -> pd.DataFrame:
+    """``group/myelin_stats.tsv`` with text columns kept as text (``n/a`` sessions stay ``n/a``)."""
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    for column in ("mean_dvr", "n_voxels", "demyelinated_pct"):
+        table[column] = pd.to_numeric(table[column].replace("n/a", ""), errors="coerce")
+    return _myelin_keys(table)
+
+
+def _myelin_keys(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.copy()
+    for column in ("session_id", "site", "group"):
+        table[column] = table[column].fillna("n/a").astype(str).replace({"": "n/a", "nan": "n/a"})
+    table["key"] = table["participant_id"] + table["session_id"].map(lambda s: "" if s == "n/a" else f"_{s}")
+    return table
+
+
+def myelin_pairs(myelin: pd.DataFrame) -> pd.DataFrame:
+    """Predicted against true ROI means, one row per session and agreement ROI
+    (:data:`AGREEMENT_ROIS`): ``key group roi label synth pib mean difference``."""
+    myelin = myelin if "key" in myelin else _myelin_keys(myelin)
+    keys = ["key", "group", "roi"]
+    synth = myelin[myelin["source"] == "synth"][keys + ["mean_dvr", "n_voxels"]]
+    pib = myelin[myelin["source"] == "pib"][keys + ["mean_dvr"]]
+    pairs = synth.merge(pib, on=keys, suffixes=("_synth", "_pib")).rename(
+        columns={"mean_dvr_synth": "synth", "mean_dvr_pib": "pib"})
+    pairs["label"] = [AGREEMENT_ROIS.get((g, r)) for g, r in zip(pairs["group"], pairs["roi"])]
+    pairs = pairs[pairs["label"].notna() & (pairs["n_voxels"] > 0) & pairs["synth"].notna() & pairs["pib"].notna()]
+    pairs = pairs.assign(mean=(pairs["synth"] + pairs["pib"]) / 2, difference=pairs["synth"] - pairs["pib"])
+    return pairs.reset_index(drop=True)
+
+
+def _roi_box_figure(myelin: pd.DataFrame, out_png: Path) -> Path:
+    plt = _pyplot()
+    from matplotlib.patches import Patch  # noqa: PLC0415
+
+    groups = [g for g in ("control", "patient", "n/a") if (myelin["group"] == g).any()]
+    sources = [s for s in ("synth", "pib") if (myelin["source"] == s).any()]
+    combos = [(g, s) for g in groups for s in sources]
+    rois = list(_ROI_NAMES)
+    width = 0.8 / len(combos)
+    fig, ax = plt.subplots(figsize=(8, 4.4), layout="constrained")
+    rng = np.random.default_rng(0)  # fixed jitter: two runs give the same figure
+    for j, roi in enumerate(rois):
+        for i, (group, source) in enumerate(combos):
+            values = myelin[(myelin["roi"] == roi) & (myelin["group"] == group) & (myelin["source"] == source)
+                            & (myelin["n_voxels"] > 0)]["mean_dvr"].dropna().to_numpy()
+            if values.size == 0:
+                continue
+            x = j + (i - (len(combos) - 1) / 2) * width
+            box = ax.boxplot([values], positions=[x], widths=width * 0.8, patch_artist=True, showfliers=False,
+                             medianprops={"color": "black"})
+            box["boxes"][0].set_facecolor(_GROUP_SOURCE_COLOURS[(group, source)])
+            ax.scatter(x + rng.uniform(-width * 0.2, width * 0.2, values.size), values, s=14, color="black",
+                       zorder=3, linewidth=0)
+    ax.set_xticks(range(len(rois)))
+    ax.set_xticklabels([_ROI_NAMES[r] for r in rois], fontsize=10)
+    ax.set_xlim(-0.5, len(rois) - 0.5)
+    ax.set_ylabel(f"mean {_DVR_UNIT}", fontsize=10)
+    ax.set_title("Mean [11C]PIB DVR per ROI, by group and source", fontsize=11)
+    fig.legend(handles=[Patch(facecolor=_GROUP_SOURCE_COLOURS[c], edgecolor="black",
+                             label=f"{c[0]}, {_SOURCE_NAMES[c[1]]}") for c in combos],
+              frameon=False, loc="outside lower center", ncol=min(4, len(combos)), fontsize=9)
+    return _save(fig, out_png)
+
+
+def _bland_altman_figure(pairs: pd.DataFrame, out_png: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    for label in [lab for lab in AGREEMENT_ROIS.values() if (pairs["label"] == lab).any()]:
+        part = pairs[pairs["label"] == label]
+        ax.scatter(part["mean"], part["difference"], s=30, color=_AGREEMENT_COLOURS[label], label=label,
+                   edgecolor="black", linewidth=0.4, zorder=3)
+    bias = float(pairs["difference"].mean())
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axhline(bias, color="black", lw=1.0)
+    lines = [(bias, f"bias {bias:+.3f}")]
+    if len(pairs) > 1:
+        sd = float(pairs["difference"].std(ddof=1))
+        for sign in (-1, 1):
+            ax.axhline(bias + sign * 1.96 * sd, color="black", lw=0.9, ls="--")
+            lines.append((bias + sign * 1.96 * sd, f"{'upper' if sign > 0 else 'lower'} limit {bias + sign * 1.96 * sd:+.3f}"))
+    for y, text in lines:
+        ax.annotate(text, xy=(1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=9)
+    span = max(0.05, float(pairs["difference"].abs().max()) * 1.3, *(abs(y) * 1.15 for y, _ in lines))
+    ax.set_ylim(-span, span)
+    ax.set_xlabel("mean of predicted and true DVR (unitless)", fontsize=10)
+    ax.set_ylabel("predicted \u2212 true DVR (unitless)", fontsize=10)
+    ax.set_title("Bland-Altman: predicted against true ROI-mean DVR", fontsize=11)
+    ax.legend(frameon=False, fontsize=9, loc="upper left")
+    return _save(fig, out_png)
+
+
+def _demyelinated_figure(lesions: pd.DataFrame, out_png: Path) -> Path:
+    plt = _pyplot()
+    keys = list(dict.fromkeys(lesions["key"]))
+    sources = [s for s in ("synth", "pib") if (lesions["source"] == s).any()]
+    width = 0.8 / len(sources)
+    values = lesions.set_index(["key", "source"])["demyelinated_pct"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(keys) + 2.5), 4.0), layout="constrained")
+    colours = {"synth": "#e07b39", "pib": "#3b75af"}
+    for i, source in enumerate(sources):
+        for j, key in enumerate(keys):
+            x = j + (i - (len(sources) - 1) / 2) * width
+            value = values.get((key, source), np.nan)
+            ax.bar(x, value if np.isfinite(value) else 0.0, width=width * 0.95, color=colours[source],
+                   label=_SOURCE_NAMES[source] if j == 0 else None)
+            ax.text(x, (value if np.isfinite(value) else 0.0) + 1, f"{value:.1f}" if np.isfinite(value) else "n/a",
+                    ha="center", va="bottom", fontsize=9, color="black" if np.isfinite(value) else "grey")
+    ax.set_xticks(range(len(keys)))
+    tilt = len(keys) > 6
+    ax.set_xticklabels(keys, fontsize=10, rotation=30 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("demyelinated lesion voxels (%)", fontsize=10)
+    ax.set_title("Demyelinated % of the lesions per patient", fontsize=11)
+    ax.legend(frameon=False, fontsize=9, title="DVR source", loc="upper right")
+    return _save(fig, out_png)
+
+
+def _number(value, digits: int) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _myelin_section(myelin: pd.DataFrame, group_dir: Path) -> str:
+    figures_dir = group_dir / "figures"
+    myelin = _myelin_keys(myelin)
+    parts = []
+    box = _roi_box_figure(myelin, figures_dir / "group_desc-roi_dvr.png")
+    parts.append(_figure(box, "Mean [11C]PIB DVR (unitless; cerebellar grey matter = 1) per ROI, by group (control, "
+                              "patient) and DVR source (predicted by the Sketcher-Refiner from MTR and DTI; true from "
+                              "the dynamic PIB PET where one exists). Boxes: median and quartiles; whiskers: 1.5 IQR; "
+                              "dots: sessions. Controls have no lesion, so no lesion box."))
+    pairs = myelin_pairs(myelin)
+    if pairs.empty:
+        parts.append("<p>No session has both a predicted and a true DVR (no dynamic PIB PET): no Bland-Altman "
+                     "plot.</p>")
+    else:
+        ba = _bland_altman_figure(pairs, figures_dir / "group_desc-blandaltman_dvr.png")
+        parts.append(_figure(ba, "Bland-Altman plot of the ROI-mean DVR (unitless): predicted &minus; true against "
+                                 "their mean, one dot per session and ROI (controls' WM; patients' NAWM and "
+                                 "lesions: the ROIs of Wei 2019 Table 2). Solid line: the bias; dashed: the limits "
+                                 "of agreement (bias &plusmn; 1.96 SD of the differences)."))
+        rows = []
+        for label, part in pairs.groupby("label", sort=False):
+            sd = part["difference"].std(ddof=1) if len(part) > 1 else np.nan
+            rows.append(f"<tr><td>{html.escape(label)}</td><td>{len(part)}</td>"
+                        f"<td>{_number(part['difference'].mean(), 3)}</td>"
+                        f"<td>{_number(part['difference'].abs().mean(), 3)}</td><td>{_number(sd, 3)}</td></tr>")
+        parts.append("<table><tr><th>ROI</th><th>n</th><th>bias (predicted &minus; true)</th>"
+                     "<th>mean |difference|</th><th>SD of difference</th></tr>" + "".join(rows) + "</table>")
+    lesions = myelin[(myelin["roi"] == "lesion") & (myelin["group"] != "control")]
+    lesions = lesions[lesions["key"].isin(lesions[lesions["demyelinated_pct"].notna()]["key"])]
+    if lesions.empty:
+        parts.append("<p>No demyelinated percentages yet: they need the healthy-control WM norm that this group "
+                     "level builds (<code>group/hc_wm_norm</code>, from at least 3 controls). Run the participant "
+                     "level again, then the group level.</p>")
+    else:
+        demyelinated = _demyelinated_figure(lesions, figures_dir / "group_desc-demyelinated_pct.png")
+        parts.append(_figure(demyelinated, "Percentage of each patient's lesion voxels classed as demyelinated "
+                                           "(DVR below the healthy-control WM norm's mean &minus; k SD, in template "
+                                           "space; Bodini 2016), from the predicted and from the true DVR. n/a: no "
+                                           "norm of that source, or no DVR of that source."))
+    parts.append(_myelin_table_html(myelin))
+    n_subjects = myelin["participant_id"].nunique()
+    counts = myelin.drop_duplicates("key")["group"].value_counts()
+    head = (f"<h2>Myelin: [11C]PIB DVR from MTR and DTI</h2><p>{n_subjects} participants "
+            f"({', '.join(f'{n} {html.escape(g)}' for g, n in counts.items())} sessions), "
+            f"{myelin['site'].nunique()} site(s). Full table: <code>myelin_stats.tsv</code>.</p>")
+    return head + "\n".join(parts)
+
+
+def _myelin_table_html(myelin: pd.DataFrame) -> str:
+    sources = [s for s in ("synth", "pib") if (myelin["source"] == s).any()]
+    values = myelin.set_index(["key", "source", "roi"])
+    head = "<th>participant</th><th>session</th><th>site</th><th>group</th>" + "".join(
+        f"<th>{_ROI_NAMES[r]} DVR, {s}</th>" for r in _ROI_NAMES for s in sources) + "".join(
+        f"<th>demyelinated %, {s}</th>" for s in sources)
+    rows = []
+    for row in myelin.drop_duplicates("key").itertuples():
+        cells = [row.participant_id, row.session_id, row.site, row.group]
+        cells += [_number(values["mean_dvr"].get((row.key, s, r), np.nan), 3) for r in _ROI_NAMES for s in sources]
+        cells += [_number(values["demyelinated_pct"].get((row.key, s, "lesion"), np.nan), 1) for s in sources]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _figure(path: Path, caption: str) -> str:
+    return (f'<figure><img src="figures/{html.escape(path.name)}" width="800" alt="{html.escape(path.name)}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+# ------------------------------------------------------------------------------- page
+
+def _amyloid_section(amyloid: pd.DataFrame, participants: pd.DataFrame | None, group_dir: Path) -> str:
     composite = amyloid[amyloid["region"] == "composite"].copy()
+    participants = participants if participants is not None else pd.DataFrame()
     diagnosis = participants["diagnosis"] if "diagnosis" in participants else pd.Series(dtype=str)
     composite["diagnosis"] = composite["participant_id"].str.removeprefix("sub-").map(diagnosis).fillna("n/a")
     figure = _centiloid_figure(composite, group_dir / "figures" / "group_desc-centiloid_bysite.png")
@@ -51,11 +282,7 @@ def write_group_report(amyloid: pd.DataFrame, participants: pd.DataFrame, group_
         f"<td>{html.escape(str(r.site))}</td><td>{html.escape(str(r.diagnosis))}</td>"
         f"<td>{html.escape(r.method)}</td><td>{r.suvr:.3f}</td><td>{r.centiloid:.1f}</td></tr>"
         for r in composite.sort_values(["participant_id", "method"]).itertuples())
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>synthquant: group</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}figcaption{{color:#555}}</style>
-</head><body><h1>Amyloid PET: group summary</h1>
+    return f"""<h2>Amyloid PET</h2>
 <p>{composite['participant_id'].nunique()} participants, {composite['site'].nunique()} site(s).
 Composite SUVR is referenced to cerebellar grey matter; Centiloid uses the GAAIN VOIs
 (see any subject's sidecar for the equation). Full table: <code>amyloid_suvr.tsv</code>.</p>
@@ -63,7 +290,33 @@ Composite SUVR is referenced to cerebellar grey matter; Centiloid uses the GAAIN
 by site, coloured by the diagnosis in participants.tsv; the dashed line is 0 CL (young controls).
 </figcaption></figure>
 <table><tr><th>participant</th><th>session</th><th>site</th><th>diagnosis</th><th>method</th>
-<th>composite SUVR</th><th>Centiloid</th></tr>{rows}</table>
+<th>composite SUVR</th><th>Centiloid</th></tr>{rows}</table>"""
+
+
+def write_group_report(group_dir: Path, *, participants: pd.DataFrame | None = None,
+                       amyloid: pd.DataFrame | None = None, myelin: pd.DataFrame | None = None) -> Path:
+    """``group/group.html`` with its figures under ``group/figures/``: an amyloid section and a
+    myelin section, each where its table exists (given here, else ``amyloid_suvr.tsv`` or
+    ``myelin_stats.tsv`` in ``group_dir``)."""
+    group_dir = Path(group_dir)
+    if amyloid is None and (group_dir / "amyloid_suvr.tsv").is_file():
+        amyloid = pd.read_csv(group_dir / "amyloid_suvr.tsv", sep="\t", na_values="n/a")
+    if myelin is None and (group_dir / "myelin_stats.tsv").is_file():
+        myelin = read_myelin_stats(group_dir / "myelin_stats.tsv")
+    sections = []
+    if amyloid is not None and not amyloid.empty:
+        sections.append(_amyloid_section(amyloid, participants, group_dir))
+    if myelin is not None and not myelin.empty:
+        sections.append(_myelin_section(myelin, group_dir))
+    if not sections:
+        raise ValueError(f"no group table in {group_dir}: nothing to report")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>synthquant: group</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+figcaption{{color:#555;margin-bottom:1em}}</style>
+</head><body><h1>synthquant: group summary</h1>
+{"".join(sections)}
 </body></html>
 """
     return atomic_write_text(page, group_dir / "group.html")

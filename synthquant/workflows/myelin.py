@@ -25,6 +25,7 @@ from synthquant.interfaces.myelin import (
     MapsOnGrid,
     MTRMap,
     MyelinGrid,
+    MyelinReport,
     MyelinTable,
     OntoGrid,
     PETMean,
@@ -32,6 +33,7 @@ from synthquant.interfaces.myelin import (
     QuantifyDVR,
     T1wMasks,
 )
+from synthquant.reports.myelin import myelin_figure_names
 from synthquant.workflows.normalize import init_normalize_wf
 
 SOURCE_DESCRIPTIONS = {
@@ -253,6 +255,32 @@ def init_myelin_wf(*, inputs, output_dir: str, dvr_model, device: str = "cpu", u
         (extra_files, ds_extra, [("out", "in_files")]),
         (notes, ds_extra, [("notes", "notes")]),
     ])
+
+    # -- the session's report: OUTPUT/<key>_myelin.html (the amyloid page owns <key>.html) ----------
+    demyelination = [source for source in quantified if hc_norms.get(source) and is_patient]
+    report = pe.Node(MyelinReport(subject_key=inputs.key, site=inputs.site, group=inputs.group,
+                                  provenance={**dvr_model.provenance(), "DemyelinationK": k,
+                                              **{f"HCNorm ({s})": str(hc_norms[s]) for s in demyelination},
+                                              "SoftwareVersions": base_sidecar.get("SoftwareVersions", {})},
+                                  k=k), name="myelin_report", mem_gb=0.5)
+    report_files = pe.Node(niu.Merge(2), name="myelin_report_files", run_without_submitting=True)
+    figures = myelin_figure_names(inputs.key, demyelination=bool(demyelination))
+    ds_report = pe.Node(DerivativesSink(output_dir=output_dir, specs=[{"path": f"{inputs.key}_myelin.html"}] + [
+        {"path": f"sub-{inputs.subject}/figures/{name}"} for name in figures]), name="ds_myelin_report",
+        run_without_submitting=True)
+    workflow.connect([
+        (on_grid, report, [("mtr", "mtr"), ("fa", "fa"), ("rd", "rd"), ("ad", "ad"), ("brain", "brain"),
+                           ("lesion", "lesion")]),
+        (synthesize, report, [("dvr", "synth_dvr"), ("saliency", "saliency")]),
+        (table, report, [("table", "table")]),
+        (notes, report, [("notes", "notes")]),
+        (report, report_files, [("html", "in1"), ("figures", "in2")]),
+        (report_files, ds_report, [("out", "in_files")]),
+    ])
+    if "pib" in quantified:
+        workflow.connect([(pib_on_grid, report, [("out_file", "pib_dvr")])])
+    for source in demyelination:
+        workflow.connect([(quantified[source], report, [("demyelinated", f"demyelinated_{source}")])])
     return workflow
 
 
