@@ -160,7 +160,8 @@ def _pyplot():
 def _save(fig, out_png: str | Path, dpi: int = 100) -> Path:
     out_png = Path(out_png)
     with atomic_output(out_png) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png", facecolor=fig.get_facecolor())
+        # "tight": row labels left of fixed-aspect panels stay inside the picture
+        fig.savefig(tmp, dpi=dpi, format="png", facecolor=fig.get_facecolor(), bbox_inches="tight", pad_inches=0.08)
     _pyplot().close(fig)
     return out_png
 
@@ -234,7 +235,8 @@ def plot_mr_inputs(maps: Mapping[str, str | Path], out_png: str | Path, *, lesio
     """MTR, FA, RD and AD (rows) in three orthogonal slices through the lesion (or brain) centre.
 
     ``maps`` holds the keys of :data:`MR_DISPLAY` that exist; each row has its own grey scale
-    (1st-99th percentile in the brain) and unit; the lesion is outlined in cyan.
+    (1st-99th percentile in the brain) and unit, black outside the brain mask (what the model
+    sees); the lesion is outlined in cyan.
     """
     plt = _pyplot()
     point, _ = cut_point(lesion, brain, next(iter(maps.values())))
@@ -250,7 +252,7 @@ def plot_mr_inputs(maps: Mapping[str, str | Path], out_png: str | Path, *, lesio
         volume = volume._replace(data=volume.data * scale)
         vmin, vmax = _limits(volume, brain_volume)
         _ortho_row(fig, row, volume, point, cmap="gray", vmin=vmin, vmax=vmax, label=label, lesion=lesion_volume,
-                   titles=index == 0, row_title=short)
+                   data=_in_brain(volume, brain_volume), titles=index == 0, row_title=short)
     return _save(fig, out_png)
 
 
@@ -459,7 +461,8 @@ def _captions(*, names: Sequence[str], point_what: str, has_lesion: bool, source
     texts = {
         "inputs": ("MR inputs of the model on the 2 mm myelin grid (the MTR's axes): MTR (percent units), FA "
                    "(unitless), RD and AD (10<sup>-3</sup> mm<sup>2</sup>/s), each on its own grey scale (1st-99th "
-                   f"percentile in the brain), in three orthogonal slices through {point_what}. {lesion_text} "
+                   f"percentile in the brain; black outside the brain mask, which the model ignores), in three orthogonal "
+                   f"slices through {point_what}. {lesion_text} "
                    "Views are neurological (subject's left on the left)."),
         "dvr": (f"[11C]PIB DVR (unitless, cerebellar grey matter = 1; higher = more myelin): {dvr_text}. Slices "
                 f"through {point_what}; outside the brain mask is black. {lesion_text}"),
