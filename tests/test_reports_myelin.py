@@ -250,7 +250,12 @@ def test_group_myelin_only(tmp_path):
 def test_group_myelin_without_pib_or_norm(tmp_path):
     page = write_group_report(tmp_path, myelin=_group_table(tmp_path, pib=False, pct=False)).read_text()
     assert _group_figures(page) == ["group_desc-roi_dvr.png"]
-    assert "no Bland-Altman" in page and "No demyelinated percentages yet" in page
+    assert "no Bland-Altman" in page and "No demyelinated percentages yet" in page and "this run has 3" in page
+    # Once the group level has built a norm, the page says so and what to run next.
+    (tmp_path / "hc_wm_norm").mkdir()
+    (tmp_path / "hc_wm_norm" / "hc_wm_norm_src-synth.json").write_text('{"NControls": 3}')
+    page = write_group_report(tmp_path, myelin=_group_table(tmp_path, pib=False, pct=False)).read_text()
+    assert "hc_wm_norm_src-synth.json</code> (3 controls)" in page and "The norm now exists" in page
 
 
 def test_group_amyloid_and_myelin(tmp_path):

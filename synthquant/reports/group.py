@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from synthquant.image import atomic_output, atomic_write_text
+from synthquant.myelin import MIN_HC_SUBJECTS
 
 
 def _centiloid_figure(composite: pd.DataFrame, out_png: Path) -> Path:
@@ -221,7 +222,8 @@ def _myelin_section(myelin: pd.DataFrame, group_dir: Path) -> str:
                                  "lesions: the ROIs of Wei 2019 Table 2). Solid line: the bias; dashed: the limits "
                                  "of agreement (bias &plusmn; 1.96 SD of the differences)."))
         rows = []
-        for label, part in pairs.groupby("label", sort=False):
+        for label in [lab for lab in AGREEMENT_ROIS.values() if (pairs["label"] == lab).any()]:
+            part = pairs[pairs["label"] == label]
             sd = part["difference"].std(ddof=1) if len(part) > 1 else np.nan
             rows.append(f"<tr><td>{html.escape(label)}</td><td>{len(part)}</td>"
                         f"<td>{_number(part['difference'].mean(), 3)}</td>"
@@ -230,10 +232,19 @@ def _myelin_section(myelin: pd.DataFrame, group_dir: Path) -> str:
                      "<th>mean |difference|</th><th>SD of difference</th></tr>" + "".join(rows) + "</table>")
     lesions = myelin[(myelin["roi"] == "lesion") & (myelin["group"] != "control")]
     lesions = lesions[lesions["key"].isin(lesions[lesions["demyelinated_pct"].notna()]["key"])]
+    norms = _hc_norms(group_dir)
+    if norms:
+        parts.append("<p>Healthy-control WM DVR norm(s) of this run, the reference for demyelination: " + "; ".join(
+            f"<code>hc_wm_norm/{html.escape(name)}</code> ({html.escape(str(n))} controls)"
+            for name, n in norms.items()) + ".</p>")
     if lesions.empty:
-        parts.append("<p>No demyelinated percentages yet: they need the healthy-control WM norm that this group "
-                     "level builds (<code>group/hc_wm_norm</code>, from at least 3 controls). Run the participant "
-                     "level again, then the group level.</p>")
+        n_controls = myelin[myelin["group"] == "control"]["key"].nunique()
+        parts.append("<p>No demyelinated percentages yet. " + (
+            "The norm now exists: run the participant level again (it classifies the lesion voxels), then the "
+            "group level." if norms else
+            f"They need a healthy-control WM norm, built here from at least {MIN_HC_SUBJECTS} controls; this run "
+            f"has {n_controls}. Add controls, or pass <code>--hc-norm DIR</code> at the participant level.") +
+            "</p>")
     else:
         demyelinated = _demyelinated_figure(lesions, figures_dir / "group_desc-demyelinated_pct.png")
         parts.append(_figure(demyelinated, "Percentage of each patient's lesion voxels classed as demyelinated "
@@ -247,6 +258,19 @@ def _myelin_section(myelin: pd.DataFrame, group_dir: Path) -> str:
             f"({', '.join(f'{n} {html.escape(g)}' for g, n in counts.items())} sessions), "
             f"{myelin['site'].nunique()} site(s). Full table: <code>myelin_stats.tsv</code>.</p>")
     return head + "\n".join(parts)
+
+
+def _hc_norms(group_dir: Path) -> dict[str, object]:
+    """The norm descriptions in ``group/hc_wm_norm``: file name -> number of controls."""
+    import json  # noqa: PLC0415
+
+    norms = {}
+    for path in sorted((group_dir / "hc_wm_norm").glob("hc_wm_norm_src-*.json")):
+        try:
+            norms[path.name] = json.loads(path.read_text()).get("NControls", "?")
+        except (OSError, ValueError):
+            norms[path.name] = "?"
+    return norms
 
 
 def _myelin_table_html(myelin: pd.DataFrame) -> str:
