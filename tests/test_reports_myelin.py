@@ -16,7 +16,11 @@ from synthquant.bids import write_report_file
 from synthquant.myelin import myelin_table
 from synthquant.quantify import format_table
 from synthquant.reports.group import myelin_pairs, write_group_report
-from synthquant.reports.myelin import cut_point, myelin_figure_names, render_myelin_report
+from synthquant.reports.myelin import (
+    cut_point,
+    myelin_figure_names,
+    render_myelin_report,
+)
 
 SHAPE = (24, 28, 22)
 # The myelin grid takes the MTR's axes: LPS here, so the report has to reorient.
@@ -107,7 +111,7 @@ def _publish(result: dict, key: str, output_dir: Path) -> Path:
 
 
 def _figures_and_captions(page: str) -> list[tuple[str, str]]:
-    return re.findall(r'<img src="([^"]+)"[^>]*><figcaption>(.*?)</figcaption>', page, flags=re.S)
+    return re.findall(r'<img src="([^"]+)"[^>]*><figcaption>(.*?)</figcaption>', page, flags=re.DOTALL)
 
 
 def test_patient_with_pib_and_norm(tmp_path):
@@ -124,7 +128,7 @@ def test_patient_with_pib_and_norm(tmp_path):
         assert (published.parent / src).is_file(), src
         assert src.startswith("sub-01/figures/")
         assert len(caption) > 80
-    captions = dict((Path(src).name, caption) for src, caption in shown)
+    captions = {Path(src).name: caption for src, caption in shown}
     assert "percent units" in captions[names[0]] and "mm<sup>2</sup>/s" in captions[names[0]]
     assert "unitless" in captions[names[1]] and "synth &minus; pib" in captions[names[1]]
     assert "% of lesion voxels" in captions[names[2]] and "2 SD" in captions[names[2]]
@@ -157,7 +161,7 @@ def test_patient_without_pib_or_norm(tmp_path):
     assert [Path(f).name for f in result["figures"]] == myelin_figure_names("sub-01", demyelination=False)
     assert "No demyelinated-voxel map yet" in page and "--hc-norm DIR" in page
     assert "no dynamic PIB PET" in page
-    assert "pib" not in re.search(r"<table>.*?</table>", page, flags=re.S).group(0)
+    assert "pib" not in re.search(r"<table>.*?</table>", page, flags=re.DOTALL).group(0)
 
 
 def test_norm_for_one_source_only(tmp_path):

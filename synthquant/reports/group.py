@@ -159,7 +159,8 @@ def _bland_altman_figure(pairs: pd.DataFrame, out_png: Path) -> Path:
         sd = float(pairs["difference"].std(ddof=1))
         for sign in (-1, 1):
             ax.axhline(bias + sign * 1.96 * sd, color="black", lw=0.9, ls="--")
-            lines.append((bias + sign * 1.96 * sd, f"{'upper' if sign > 0 else 'lower'} limit {bias + sign * 1.96 * sd:+.3f}"))
+            limit = bias + sign * 1.96 * sd
+            lines.append((limit, f"{'upper' if sign > 0 else 'lower'} limit {limit:+.3f}"))
     for y, text in lines:
         ax.annotate(text, xy=(1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=9)

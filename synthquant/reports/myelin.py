@@ -461,8 +461,8 @@ def _captions(*, names: Sequence[str], point_what: str, has_lesion: bool, source
     texts = {
         "inputs": ("MR inputs of the model on the 2 mm myelin grid (the MTR's axes): MTR (percent units), FA "
                    "(unitless), RD and AD (10<sup>-3</sup> mm<sup>2</sup>/s), each on its own grey scale (1st-99th "
-                   f"percentile in the brain; black outside the brain mask, which the model ignores), in three orthogonal "
-                   f"slices through {point_what}. {lesion_text} "
+                   "percentile in the brain; black outside the brain mask, which the model ignores), in three "
+                   f"orthogonal slices through {point_what}. {lesion_text} "
                    "Views are neurological (subject's left on the left)."),
         "dvr": (f"[11C]PIB DVR (unitless, cerebellar grey matter = 1; higher = more myelin): {dvr_text}. Slices "
                 f"through {point_what}; outside the brain mask is black. {lesion_text}"),
