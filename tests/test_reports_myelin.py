@@ -170,6 +170,17 @@ def test_norm_for_one_source_only(tmp_path):
     assert "No healthy-control norm for source pib" in page
 
 
+def test_patient_with_an_empty_lesion_mask(tmp_path):
+    files = make_session(tmp_path / "in")
+    files["masks"]["lesion"] = _save(np.zeros(SHAPE), tmp_path / "in" / "no_lesion.nii.gz")
+    files["demyelinated"] = {s: _save(np.zeros(SHAPE), tmp_path / "in" / f"none_{s}.nii.gz") for s in ("synth", "pib")}
+    result = render_myelin_report(subject_key="sub-03", site="a", group="patient", out_dir=tmp_path / "report", k=2.0,
+                                  **files)
+    assert len(result["figures"]) == 5
+    page = Path(result["html"]).read_text()
+    assert "The lesion mask is empty, so no voxel is classified" in page and "No lesion voxels" in page
+
+
 def test_cut_point_goes_through_the_largest_lesion(tmp_path):
     files = make_session(tmp_path)
     point, what = cut_point(files["masks"]["lesion"], files["masks"]["brain"])

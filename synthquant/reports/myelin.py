@@ -315,7 +315,8 @@ def plot_demyelinated(demyelinated: Mapping[str, str | Path], background: str | 
                              layout="constrained")
     colours = {"synth": SOURCE_COLOURS["synth"], "pib": SOURCE_COLOURS["pib"], "both": "#e0119d"}
     for ax, point in zip(axes.flat, points):
-        _, coordinate = _draw_map(ax, base, point, "axial", cmap="gray", vmin=vmin, vmax=vmax)
+        _, coordinate = _draw_map(ax, base, point, "axial", cmap="gray", vmin=vmin, vmax=vmax,
+                                  data=_in_brain(base, brain_volume))
         planes = {s: _slice(m, point, "axial") for s, m in masks.items()}
         classes = {}
         if planes:
@@ -468,9 +469,11 @@ def _captions(*, names: Sequence[str], point_what: str, has_lesion: bool, source
                 f"through {point_what}; outside the brain mask is black. {lesion_text}"),
         "demyelinated": ("Demyelinated lesion voxels (Bodini 2016): lesion voxels whose DVR is below the "
                          f"healthy-control WM norm's mean &minus; {f'{k:g}' if k is not None else 'k'} SD, "
-                         "classified in template space and shown on the myelin grid over the MTR (grey). Axial "
-                         f"slices spread over the lesions. {counts} (template space, as in the ROI table). "
-                         "Cyan: the lesion outline."),
+                         "classified in template space and shown on the myelin grid over the MTR (grey). "
+                         + ("Axial slices spread over the lesions. " if has_lesion else
+                            "The lesion mask is empty, so no voxel is classified; axial slices spread over the brain. ")
+                         + f"{counts} (template space, as in the ROI table). "
+                         + ("Cyan: the lesion outline." if has_lesion else "")),
         "saliency": ("Saliency of the predicted DVR (Wei 2019 eq. 7): the magnitude of the gradient of the "
                      "predicted DVR with respect to the z-scored MR inputs, maximum over MTR, FA, RD and AD "
                      "(arbitrary units; magma, 1st-99th percentile of brain voxels). Bright voxels are those whose "
