@@ -251,9 +251,11 @@ def participant_graph(config: RunConfig, name: str = "synthquant_wf"):
     if not amyloid and not myelin and not refused:
         raise InputError(config.bids_dir, "nothing to process for the requested participants")
 
+    from synthquant.locking import hold_for_run
     from synthquant.runner import run_graph
     from synthquant.workflows.base import init_participant_wf
 
+    hold_for_run(config.work_dir, config.output_dir)  # before the first write; a second run exits 2
     config.output_dir.mkdir(parents=True, exist_ok=True)
     config.work_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(config.output_dir, config.bids_dir)

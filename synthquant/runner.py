@@ -123,8 +123,46 @@ def expected_outputs(workflow, names: dict[str, str]) -> dict[str, list[Path]]:
     return expected
 
 
+def output_dirs(workflow) -> list[Path]:
+    """The derivatives folders the graph's sinks write to."""
+    return sorted({Path(node.inputs.output_dir) for node in workflow._get_all_nodes() if node.name.startswith("ds_")})
+
+
+#: The temporary names of synthquant.image.atomic_output: ``.<name>.<pid>.tmp<suffix>``.
+STALE_TEMPORARY = re.compile(r"^\..+\.\d+\.tmp(\.[\w.]+)?$")
+
+
+def remove_stale_temporaries(output_dir: Path) -> list[Path]:
+    """Delete the temporaries a killed run left in ``output_dir`` (call it under the lock).
+
+    A derivative is written to a temporary name and renamed, so a killed run leaves at most
+    a temporary, never a half-written derivative; with the folder locked, no live run owns one.
+    """
+    stale = [path for path in Path(output_dir).rglob(".*.tmp*") if path.is_file() and STALE_TEMPORARY.match(path.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def run_graph(workflow, names: dict[str, str], *, plugin: str, plugin_args: dict, work_dir: Path) -> dict[str, str]:
-    """Run the graph; return ``{session key: failure reason}`` for the sessions that failed."""
+    """Run the graph; return ``{session key: failure reason}`` for the sessions that failed.
+
+    The work dir and the output dirs are locked for the run (synthquant.locking): a second run
+    on either is refused in one line (InputError, exit 2) naming this one.
+    """
+    from synthquant import locking  # noqa: PLC0415
+
+    try:
+        outputs = output_dirs(workflow)
+        with locking.locked(work_dir, *outputs):
+            for folder in outputs:
+                remove_stale_temporaries(folder)
+            return _run_graph(workflow, names, plugin=plugin, plugin_args=plugin_args, work_dir=Path(work_dir))
+    finally:
+        locking.end_run()  # the CLI's holds from before its first write (locking.hold_for_run)
+
+
+def _run_graph(workflow, names: dict[str, str], *, plugin: str, plugin_args: dict, work_dir: Path) -> dict[str, str]:
     configure_nipype(workflow, work_dir)
     progress = Progress(names)
     args = dict(plugin_args)
