@@ -1,0 +1,104 @@
+"""Throughput of ``--batch-by site`` (pydra over sites and subjects, Nipype within a subject).
+
+A 12-subject phantom cohort (test preset, three sites) runs through the CLI with method mr and
+SyN at 3 mm, once with ``--nprocs 1`` and once with ``--nprocs 2`` (each in fresh output and
+work dirs), and each is then rerun as the same command, which pydra's cache should answer
+without starting any subject. Every run is a fresh process, timed from start to exit.
+
+    python benchmarks/batch_throughput.py --root /tmp/batch_throughput \
+        --save benchmarks/results/2026-11-23_batch_throughput.txt
+
+Reads: ``speedup`` = wall(1 process) / wall(2 processes), at most 2 on 2 cores (the subjects
+are independent, each subject's graph is mostly serial); ``rerun_ratio`` = cached rerun /
+first run (start-up, discovery and pydra's cache look-up only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], log: Path) -> tuple[float, int, str]:
+    """Run ``run_workflow.py ARGS`` in a fresh process; ``(seconds, exit status, output)``."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(ROOT / "run_workflow.py"), *args], capture_output=True, text=True,
+                          check=False)
+    seconds = time.perf_counter() - started
+    log.write_text(done.stdout + done.stderr)
+    return seconds, done.returncode, done.stdout
+
+
+def cached_subjects(stdout: str) -> int:
+    lines = [line for line in stdout.splitlines() if "already done (pydra cache):" in line]
+    return len(lines[0].split("):", 1)[1].split(",")) if lines else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--subjects", type=int, default=12)
+    parser.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seed", type=int, default=23)
+    parser.add_argument("--save", type=Path, default=None, help="also write the report to this file")
+    args = parser.parse_args(argv)
+
+    root = args.root.resolve()
+    bids = root / "bids"
+    header = (f"# python benchmarks/batch_throughput.py --root {args.root} --subjects {args.subjects} "
+              f"--nprocs {' '.join(map(str, args.nprocs))}   ({time.strftime('%Y-%m-%d %H:%M')}, "
+              f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}: shared machine)")
+    lines = [header]
+    if not (bids / "dataset_description.json").exists():
+        from synthquant.phantom import make_amyloid_cohort
+
+        started = time.perf_counter()
+        make_amyloid_cohort(bids, n_subjects=args.subjects, preset="test", seed=args.seed)
+        lines.append(f"phantom cohort: {args.subjects} subjects, test preset, 3 sites "
+                     f"({time.perf_counter() - started:.0f} s to write)")
+    sites = pd.read_csv(bids / "participants.tsv", sep="\t")["site"].value_counts().sort_index()
+    lines.append("subjects per site: " + ", ".join(f"{site} {n}" for site, n in sites.items()))
+    print("\n".join(lines), flush=True)
+
+    rows = []
+    for nprocs in args.nprocs:
+        out, work = root / f"out_nprocs{nprocs}", root / f"work_nprocs{nprocs}"
+        for folder in (out, work):
+            shutil.rmtree(folder, ignore_errors=True)
+        cli = [str(bids), str(out), "participant", "--batch-by", "site", "--methods", "mr",
+               "--template-resolution", "3", "--nprocs", str(nprocs), "-w", str(work), "--skip-bids-validation"]
+        first, status, _ = run_cli(cli, root / f"nprocs{nprocs}_first.log")
+        rerun, rerun_status, stdout = run_cli(cli, root / f"nprocs{nprocs}_rerun.log")
+        rows.append({"nprocs": nprocs, "exit": status, "first_s": first, "s_per_subject": first / args.subjects,
+                     "subjects_per_hour": 3600 * args.subjects / first, "rerun_s": rerun, "rerun_exit": rerun_status,
+                     "rerun_from_cache": cached_subjects(stdout), "rerun_ratio": rerun / first})
+        lines.append(f"--nprocs {nprocs}: first run {first:.0f} s (exit {status}), cached rerun {rerun:.1f} s "
+                     f"(exit {rerun_status}, {cached_subjects(stdout)} of {args.subjects} subjects from pydra's "
+                     "cache)")
+        print(lines[-1], flush=True)
+
+    table = pd.DataFrame(rows)
+    report = ["", table.round(3).to_string(index=False)]
+    by_procs = table.set_index("nprocs")["first_s"]
+    if 1 in by_procs and 2 in by_procs:
+        report.append(f"\nspeedup 2 processes vs 1: {by_procs[1] / by_procs[2]:.2f}x (ideal 2.00x on 2 cores)")
+    ratios = ", ".join(f"{ratio:.3f} (nprocs {n})" for n, ratio in zip(table["nprocs"], table["rerun_ratio"]))
+    report.append(f"cached rerun / first run: {ratios}")
+    report.append(f"load average at end: {os.getloadavg()[0]:.1f}")
+    print("\n".join(report), flush=True)
+    if args.save:
+        args.save.write_text("\n".join(lines + report) + "\n")
+    return 0 if (table["exit"] == 0).all() and (table["rerun_exit"] == 0).all() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
