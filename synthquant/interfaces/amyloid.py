@@ -160,7 +160,9 @@ class _ReportInputSpec(BaseInterfaceInputSpec):
     notes = traits.List(traits.Str, usedefault=True)
 
 
-class _ReportOutputSpec(TraitedSpec):
+class ReportOutputSpec(TraitedSpec):
+    """An HTML report and its figures (every report interface)."""
+
     html = File(exists=True)
     figures = OutputMultiObject(File(exists=True))
 
@@ -169,7 +171,7 @@ class AmyloidReport(SimpleInterface):
     """Render the per-subject HTML report (:func:`synthquant.reports.amyloid.render_amyloid_report`)."""
 
     input_spec = _ReportInputSpec
-    output_spec = _ReportOutputSpec
+    output_spec = ReportOutputSpec
 
     def _run_interface(self, runtime):
         from synthquant.reports.amyloid import render_amyloid_report

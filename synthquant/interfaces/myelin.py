@@ -8,12 +8,13 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
     InputMultiObject,
-    OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
     isdefined,
     traits,
 )
+
+from synthquant.interfaces.amyloid import ReportOutputSpec
 
 
 def _optional(value):
@@ -360,16 +361,11 @@ class _MyelinReportInputSpec(BaseInterfaceInputSpec):
     k = traits.Float(desc="demyelinated below the HC norm's mean - k SD")
 
 
-class _MyelinReportOutputSpec(TraitedSpec):
-    html = File(exists=True)
-    figures = OutputMultiObject(File(exists=True))
-
-
 class MyelinReport(SimpleInterface):
     """Render the session's myelin HTML report (:func:`synthquant.reports.myelin.render_myelin_report`)."""
 
     input_spec = _MyelinReportInputSpec
-    output_spec = _MyelinReportOutputSpec
+    output_spec = ReportOutputSpec
 
     def _run_interface(self, runtime):
         from synthquant.reports.myelin import render_myelin_report
