@@ -131,7 +131,8 @@ def test_patient_with_pib_and_norm(tmp_path):
     captions = {Path(src).name: caption for src, caption in shown}
     assert "percent units" in captions[names[0]] and "mm<sup>2</sup>/s" in captions[names[0]]
     assert "unitless" in captions[names[1]] and "synth &minus; pib" in captions[names[1]]
-    assert "% of lesion voxels" in captions[names[2]] and "2 SD" in captions[names[2]]
+    assert "share of the lesion voxels: predicted (synth) 72.7 %" in captions[names[2]]
+    assert "2 SD" in captions[names[2]]
     assert "arbitrary units" in captions[names[3]]
     assert "unitless" in captions[names[4]]
     # The ROI table, the notes (escaped) and the provenance.

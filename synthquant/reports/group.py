@@ -187,15 +187,16 @@ def _demyelinated_figure(lesions: pd.DataFrame, out_png: Path) -> Path:
             value = values.get((key, source), np.nan)
             ax.bar(x, value if np.isfinite(value) else 0.0, width=width * 0.95, color=colours[source],
                    label=_SOURCE_NAMES[source] if j == 0 else None)
-            ax.text(x, (value if np.isfinite(value) else 0.0) + 1, f"{value:.1f}" if np.isfinite(value) else "n/a",
+            ax.text(x, (value if np.isfinite(value) else 0.0) + 0.5, f"{value:.1f}" if np.isfinite(value) else "n/a",
                     ha="center", va="bottom", fontsize=9, color="black" if np.isfinite(value) else "grey")
     ax.set_xticks(range(len(keys)))
     tilt = len(keys) > 6
     ax.set_xticklabels(keys, fontsize=10, rotation=30 if tilt else 0, ha="right" if tilt else "center")
-    ax.set_ylim(0, 110)
+    highest = float(np.nanmax(lesions["demyelinated_pct"].to_numpy(dtype=float)))
+    ax.set_ylim(0, min(105.0, max(20.0, 1.25 * highest)))  # low percentages stay readable
     ax.set_ylabel("demyelinated lesion voxels (%)", fontsize=10)
     ax.set_title("Demyelinated % of the lesions per patient", fontsize=11)
-    ax.legend(frameon=False, fontsize=9, title="DVR source", loc="upper right")
+    fig.legend(frameon=False, fontsize=9, title="DVR source", loc="outside lower center", ncol=len(sources))
     return _save(fig, out_png)
 
 

@@ -42,6 +42,7 @@ LESION_COLOUR = "#00e5ff"
 ORIENTATIONS = ("sagittal", "coronal", "axial")
 LESION_CUT = "the centre of the largest lesion"
 MONTAGE_SLICES = 8
+LESION_WINDOW_MM = 50.0
 
 
 def myelin_figure_names(subject_key: str, *, demyelination: bool) -> list[str]:
@@ -173,9 +174,11 @@ def _view_axis(ax, view: str, coordinate: float, *, title: bool = True) -> None:
     for spine in ax.spines.values():
         spine.set_visible(False)
     left, right = _VIEW_LETTERS[view]
+    from matplotlib import patheffects  # noqa: PLC0415
+
     for x, letter, align in ((0.02, left, "left"), (0.98, right, "right")):
         ax.text(x, 0.03, letter, transform=ax.transAxes, color="white", fontsize=9, ha=align, va="bottom",
-                fontweight="bold")
+                fontweight="bold", path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])
     if title:
         axis = "xyz"[_VIEW_AXES[view][0]]
         ax.set_title(f"{view}, {axis} = {coordinate:.0f} mm", fontsize=9)
@@ -197,8 +200,12 @@ def _draw_outline(ax, mask: _Volume | None, point, view: str, *, colour=LESION_C
     plane, extent, _ = _slice(mask, point, view)
     if not (plane > 0.5).any():
         return False
-    ax.contour((plane > 0.5).astype(float), levels=[0.5], origin="lower", extent=extent, colors=[colour],
-               linewidths=width)
+    from matplotlib import patheffects  # noqa: PLC0415
+
+    contours = ax.contour((plane > 0.5).astype(float), levels=[0.5], origin="lower", extent=extent, colors=[colour],
+                          linewidths=width)
+    # A dark halo keeps the outline visible over bright white matter as well as dark background.
+    contours.set_path_effects([patheffects.withStroke(linewidth=width + 1.2, foreground="black")])
     return True
 
 
@@ -288,12 +295,14 @@ def plot_dvr(dvr: Mapping[str, str | Path], out_png: str | Path, *, lesion: str 
 
 def plot_demyelinated(demyelinated: Mapping[str, str | Path], background: str | Path, out_png: str | Path, *,
                       lesion: str | Path | None = None, brain: str | Path | None = None,
-                      n_slices: int = MONTAGE_SLICES) -> Path:
-    """Demyelinated lesion voxels of each source over the MTR: axial slices evenly spread over
-    the lesions' extent (or the masks' where no lesion mask is given).
+                      n_panels: int = MONTAGE_SLICES) -> Path:
+    """Demyelinated lesion voxels of each source over the MTR, one zoomed axial panel per lesion.
 
-    Voxels of one source only take its colour (:data:`SOURCE_COLOURS`), voxels of both are
-    magenta; the lesion is outlined in cyan.
+    Lesions are the connected components of the lesion mask, those with the most demyelinated
+    voxels first, then the largest, up to ``n_panels``; each panel is the lesion's axial slice
+    with the most demyelinated (else lesion) voxels, cropped around it. Without lesion voxels,
+    whole axial slices spread over the brain. Voxels of one source only take its colour
+    (:data:`SOURCE_COLOURS`), voxels of both are magenta; the lesion is outlined in cyan.
     """
     from matplotlib.patches import Patch  # noqa: PLC0415
 
@@ -301,38 +310,41 @@ def plot_demyelinated(demyelinated: Mapping[str, str | Path], background: str | 
     base = _load(background)
     brain_volume, lesion_volume = _optional_load(brain), _optional_load(lesion)
     masks = {s: _load(p) for s, p in demyelinated.items() if p}
-    extent_mask = lesion_volume if lesion_volume is not None and (lesion_volume.data > 0.5).any() else None
-    if extent_mask is None:
-        extent_mask = next((m for m in masks.values() if (m.data > 0.5).any()), brain_volume or base)
-    rows_k = np.unique(np.argwhere(extent_mask.data > 0.5)[:, 2]) if (extent_mask.data > 0.5).any() \
-        else np.arange(extent_mask.data.shape[2])
-    chosen = np.unique(rows_k[np.linspace(0, len(rows_k) - 1, min(n_slices, len(rows_k))).round().astype(int)])
-    points = [_world(extent_mask, (0, 0, k)) for k in chosen]
+    panels = _lesion_panels(lesion_volume, masks, n_panels) if lesion_volume is not None else []
+    if not panels:  # no lesion voxels: whole slices over the brain
+        extent_mask = brain_volume if brain_volume is not None and (brain_volume.data > 0.5).any() else None
+        ks = (np.unique(np.argwhere(extent_mask.data > 0.5)[:, 2]) if extent_mask is not None
+              else np.arange(base.data.shape[2]))
+        chosen = np.unique(ks[np.linspace(0, len(ks) - 1, min(n_panels, len(ks))).round().astype(int)])
+        reference = extent_mask or base
+        panels = [(_world(reference, (0, 0, k)), None, f"axial, z = {_world(reference, (0, 0, k))[2]:.0f} mm")
+                  for k in chosen]
     vmin, vmax = _limits(base, brain_volume)
-    n_rows = int(np.ceil(len(points) / 4))
-    n_cols = int(np.ceil(len(points) / n_rows))  # rows filled evenly: 5 slices are 3 + 2, not 4 + 1
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.7 * n_cols, 2.9 * n_rows + 0.9), squeeze=False,
+    n_rows = int(np.ceil(len(panels) / 4))
+    n_cols = int(np.ceil(len(panels) / n_rows))  # rows filled evenly: 5 panels are 3 + 2, not 4 + 1
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.8 * n_cols, 2.9 * n_rows + 0.6), squeeze=False,
                              layout="constrained")
     colours = {"synth": SOURCE_COLOURS["synth"], "pib": SOURCE_COLOURS["pib"], "both": "#e0119d"}
-    for ax, point in zip(axes.flat, points):
-        _, coordinate = _draw_map(ax, base, point, "axial", cmap="gray", vmin=vmin, vmax=vmax,
-                                  data=_in_brain(base, brain_volume))
+    for ax, (point, window, title) in zip(axes.flat, panels):
+        _draw_map(ax, base, point, "axial", cmap="gray", vmin=vmin, vmax=vmax, data=_in_brain(base, brain_volume))
         planes = {s: _slice(m, point, "axial") for s, m in masks.items()}
-        classes = {}
         if planes:
             shape = next(iter(planes.values()))[0].shape
             hit = {s: p[0] > 0.5 if p[0].shape == shape else np.zeros(shape, bool) for s, p in planes.items()}
             synth, pib = hit.get("synth", np.zeros(shape, bool)), hit.get("pib", np.zeros(shape, bool))
-            classes = {"synth": synth & ~pib, "pib": pib & ~synth, "both": synth & pib}
             extent = next(iter(planes.values()))[1]
-            for name, where in classes.items():
+            for name, where in {"synth": synth & ~pib, "pib": pib & ~synth, "both": synth & pib}.items():
                 if where.any():
                     layer = np.zeros((*shape, 4))
-                    layer[where] = (*_rgb(colours[name]), 0.95)
+                    layer[where] = (*_rgb(colours[name]), 1.0)
                     ax.imshow(layer, origin="lower", extent=extent, interpolation="nearest")
-        _draw_outline(ax, lesion_volume, point, "axial", width=0.8)
-        _view_axis(ax, "axial", coordinate)
-    for ax in list(axes.flat)[len(points):]:
+        _draw_outline(ax, lesion_volume, point, "axial", width=1.5)
+        if window is not None:
+            ax.set_xlim(window[0], window[1])
+            ax.set_ylim(window[2], window[3])
+        _view_axis(ax, "axial", point[2], title=False)
+        ax.set_title(title, fontsize=8.5)
+    for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
     handles = [Patch(facecolor=colours[s], label=f"{SOURCE_LABELS[s]} only" if len(masks) == 2 else SOURCE_LABELS[s])
                for s in masks]
@@ -341,6 +353,41 @@ def plot_demyelinated(demyelinated: Mapping[str, str | Path], background: str | 
     handles.append(Patch(facecolor="none", edgecolor=LESION_COLOUR, label="lesion outline"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=9)
     return _save(fig, out_png)
+
+
+def _lesion_panels(lesion: _Volume, masks: Mapping[str, _Volume], n_panels: int,
+                   min_window_mm: float = LESION_WINDOW_MM, margin_mm: float = 10.0) -> list[tuple]:
+    """``(point, (x0, x1, y0, y1) window, title)`` of up to ``n_panels`` lesions, most
+    demyelinated voxels first, then the largest (:func:`plot_demyelinated`)."""
+    from scipy import ndimage  # noqa: PLC0415
+
+    labels, n = ndimage.label(lesion.data > 0.5)
+    if n == 0:
+        return []
+    per_source = {s: m.data > 0.5 for s, m in masks.items() if m.data.shape == labels.shape}
+    demyelinated = np.logical_or.reduce([*per_source.values(), np.zeros(labels.shape, bool)])
+    index = range(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, index)
+    hits = ndimage.sum_labels(demyelinated, labels, index)
+    counts = {s: ndimage.sum_labels(m, labels, index) for s, m in per_source.items()}
+    order = sorted(index, key=lambda i: (-hits[i - 1], -sizes[i - 1]))[:n_panels]
+    zooms = _zooms(lesion)
+    panels = []
+    for rank, label in enumerate(order, start=1):
+        voxels = np.argwhere(labels == label)
+        inside = demyelinated[labels == label]
+        ks = voxels[inside, 2] if inside.any() else voxels[:, 2]
+        k = int(np.bincount(ks).argmax())  # the slice with the most demyelinated (else lesion) voxels
+        in_slice = voxels[voxels[:, 2] == k]
+        centre = _world(lesion, (*in_slice[:, :2].mean(axis=0), k))
+        half = max(min_window_mm, ((np.ptp(voxels[:, :2], axis=0) + 1) * zooms[:2]).max() + 2 * margin_mm) / 2
+        window = (centre[0] - half, centre[0] + half, centre[1] - half, centre[1] + half)
+        found = ", ".join(f"{s} {int(c[label - 1])}" for s, c in counts.items())
+        title = (f"lesion {rank} ({int(sizes[label - 1])} voxels)\n"
+                 + (f"demyelinated: {found}\n" if counts else "")
+                 + f"axial z = {centre[2]:.0f} mm (x {centre[0]:.0f}, y {centre[1]:.0f})")
+        panels.append((centre, window, title))
+    return panels
 
 
 def _rgb(colour: str) -> tuple[float, float, float]:
@@ -457,8 +504,7 @@ def _captions(*, names: Sequence[str], point_what: str, has_lesion: bool, source
                 "predicted DVR (Sketcher-Refiner), colour scale inferno (1st-99.5th percentile of brain voxels); "
                 "no dynamic PIB PET, so no true DVR to compare with")
     pct = table[table["roi"] == "lesion"].set_index("source")["demyelinated_pct"]
-    counts = "; ".join(f"{SOURCE_LABELS[s]}: {_number(pct.get(s, np.nan), 1)} % of lesion voxels"
-                       for s in demyelinated)
+    counts = "; ".join(f"{SOURCE_LABELS[s]} {_number(pct.get(s, np.nan), 1)} %" for s in demyelinated)
     texts = {
         "inputs": ("MR inputs of the model on the 2 mm myelin grid (the MTR's axes): MTR (percent units), FA "
                    "(unitless), RD and AD (10<sup>-3</sup> mm<sup>2</sup>/s), each on its own grey scale (1st-99th "
@@ -470,9 +516,13 @@ def _captions(*, names: Sequence[str], point_what: str, has_lesion: bool, source
         "demyelinated": ("Demyelinated lesion voxels (Bodini 2016): lesion voxels whose DVR is below the "
                          f"healthy-control WM norm's mean &minus; {f'{k:g}' if k is not None else 'k'} SD, "
                          "classified in template space and shown on the myelin grid over the MTR (grey). "
-                         + ("Axial slices spread over the lesions. " if has_lesion else
+                         + (f"One zoomed axial panel per lesion (at least {LESION_WINDOW_MM:g} mm wide; up to "
+                            f"{MONTAGE_SLICES}, most demyelinated first), through its slice with the most "
+                            "demyelinated voxels; the voxel counts in the titles are on the myelin grid. "
+                            if has_lesion else
                             "The lesion mask is empty, so no voxel is classified; axial slices spread over the brain. ")
-                         + f"{counts} (template space, as in the ROI table). "
+                         + f"Demyelinated share of the lesion voxels: {counts} (template space, as in the ROI "
+                         "table). "
                          + ("Cyan: the lesion outline." if has_lesion else "")),
         "saliency": ("Saliency of the predicted DVR (Wei 2019 eq. 7): the magnitude of the gradient of the "
                      "predicted DVR with respect to the z-scored MR inputs, maximum over MTR, FA, RD and AD "
