@@ -204,8 +204,9 @@ def test_report_interface_and_sink_specs(tmp_path):
                         brain=files["masks"]["brain"], lesion=files["masks"]["lesion"],
                         synth_dvr=files["dvr"]["synth"], pib_dvr=files["dvr"]["pib"], saliency=files["saliency"],
                         demyelinated_synth=files["demyelinated"]["synth"], table=files["table"], k=2.0)
-    node.base_dir = str(tmp_path / "work")
-    outputs = node.run().outputs
+    (tmp_path / "work").mkdir()
+    outputs = node.run(cwd=str(tmp_path / "work")).outputs  # an interface writes into its cwd
+    assert Path(outputs.html).parent == tmp_path / "work"
     assert Path(outputs.html).name == "sub-01_myelin.html"
     assert [Path(f).name for f in outputs.figures] == myelin_figure_names("sub-01", demyelination=True)
 
