@@ -381,8 +381,9 @@ def run_demo(output_dir: Path, nprocs: int) -> int:
     print("\nPredicted (synth) against true (pib, Logan) PIB DVR per ROI (Wei 2019, Table 2); demyelinated % of "
           "the lesions from each (Bodini 2016):")
     print(compare_myelin_sources(myelin_derivatives / "group" / "myelin_stats.tsv").to_string(index=False))
-    print(f"\nreports: {derivatives}/sub-*.html and {derivatives}/group/group.html; myelin tables: "
-          f"{myelin_derivatives}/group/myelin_stats.tsv")
+    print(f"\nreports: {derivatives}/sub-*.html and {derivatives}/group/group.html (amyloid); "
+          f"{myelin_derivatives}/sub-*_myelin.html and {myelin_derivatives}/group/group.html (myelin); "
+          f"myelin table: {myelin_derivatives}/group/myelin_stats.tsv")
     return status
 
 
