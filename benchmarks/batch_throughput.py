@@ -10,14 +10,18 @@ without starting any subject. Every run is a fresh process, timed from start to 
 
 Reads: ``speedup`` = wall(1 process) / wall(2 processes), at most 2 on 2 cores (the subjects
 are independent, each subject's graph is mostly serial); ``rerun_ratio`` = cached rerun /
-first run (start-up, discovery and pydra's cache look-up only).
+first run (start-up, discovery and pydra's cache look-up only); ``cpu_per_wall`` = CPU seconds
+of the run (all its processes) per wall second: how many cores it actually got. On a machine
+shared with other work, the speedup is bounded by that, not by the batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,14 +32,27 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(args: list[str], log: Path) -> tuple[float, int, str]:
-    """Run ``run_workflow.py ARGS`` in a fresh process; ``(seconds, exit status, output)``."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "run_workflow.py"), *args], capture_output=True, text=True,
-                          check=False)
-    seconds = time.perf_counter() - started
-    log.write_text(done.stdout + done.stderr)
-    return seconds, done.returncode, done.stdout
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and their descendants."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_cli(args: list[str], log: Path, timeout: float) -> tuple[float, float, int, str]:
+    """Run ``run_workflow.py ARGS`` in a fresh process, its output streamed to ``log``;
+    ``(wall seconds, CPU seconds, exit status, output)``; exit status 124 past ``timeout`` seconds."""
+    started, cpu = time.perf_counter(), children_cpu()
+    with open(log, "w") as stream:
+        # Its own session, so that a run past its time is ended with every worker it started.
+        process = subprocess.Popen([sys.executable, str(ROOT / "run_workflow.py"), *args], stdout=stream,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            status = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            status = 124
+    return time.perf_counter() - started, children_cpu() - cpu, status, log.read_text()
 
 
 def cached_subjects(stdout: str) -> int:
@@ -50,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--save", type=Path, default=None, help="also write the report to this file")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per run (default 3600)")
     args = parser.parse_args(argv)
 
     root = args.root.resolve()
@@ -76,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
         cli = [str(bids), str(out), "participant", "--batch-by", "site", "--methods", "mr",
                "--template-resolution", "3", "--nprocs", str(nprocs), "-w", str(work), "--skip-bids-validation"]
-        first, status, _ = run_cli(cli, root / f"nprocs{nprocs}_first.log")
-        rerun, rerun_status, stdout = run_cli(cli, root / f"nprocs{nprocs}_rerun.log")
+        first, cpu, status, _ = run_cli(cli, root / f"nprocs{nprocs}_first.log", args.timeout)
+        rerun, _, rerun_status, stdout = run_cli(cli, root / f"nprocs{nprocs}_rerun.log", args.timeout)
         rows.append({"nprocs": nprocs, "exit": status, "first_s": first, "s_per_subject": first / args.subjects,
-                     "subjects_per_hour": 3600 * args.subjects / first, "rerun_s": rerun, "rerun_exit": rerun_status,
-                     "rerun_from_cache": cached_subjects(stdout), "rerun_ratio": rerun / first})
+                     "subjects_per_hour": 3600 * args.subjects / first, "cpu_s": cpu, "cpu_per_wall": cpu / first,
+                     "rerun_s": rerun, "rerun_exit": rerun_status, "rerun_from_cache": cached_subjects(stdout),
+                     "rerun_ratio": rerun / first})
         lines.append(f"--nprocs {nprocs}: first run {first:.0f} s (exit {status}), cached rerun {rerun:.1f} s "
                      f"(exit {rerun_status}, {cached_subjects(stdout)} of {args.subjects} subjects from pydra's "
                      "cache)")
