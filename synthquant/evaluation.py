@@ -51,16 +51,24 @@ def compare_to_truth(group_table: Path | pd.DataFrame, bids_dir: Path,
     return pd.DataFrame(rows).round(4)
 
 
-def compare_to_method(group_table: Path | pd.DataFrame, reference: str = "mr",
-                      regions: tuple[str, ...] = SUMMARY_REGIONS) -> pd.DataFrame:
-    """MAE, SD of the absolute difference and bias of each method's SUVR against ``reference``
-    on the same sessions (Choi & Lee 2018, Table 2: MR-less methods against the MR-based one)."""
+def paired_with_method(group_table: Path | pd.DataFrame, reference: str = "mr",
+                       regions: tuple[str, ...] = SUMMARY_REGIONS) -> pd.DataFrame:
+    """Every other method's rows joined to ``reference``'s on the same session and region:
+    the group table's columns plus ``suvr_reference`` and ``centiloid_reference``."""
     table = group_table if isinstance(group_table, pd.DataFrame) else pd.read_csv(group_table, sep="\t",
                                                                                    na_values="n/a")
     table = table[table["region"].isin(regions)]
     keys = ["participant_id", "session_id", "region"]
-    gold = table[table["method"] == reference][keys + ["suvr"]].rename(columns={"suvr": "suvr_reference"})
-    paired = table[table["method"] != reference].merge(gold, on=keys, how="inner")
+    gold = table[table["method"] == reference][keys + ["suvr", "centiloid"]].rename(
+        columns={"suvr": "suvr_reference", "centiloid": "centiloid_reference"})
+    return table[table["method"] != reference].merge(gold, on=keys, how="inner")
+
+
+def compare_to_method(group_table: Path | pd.DataFrame, reference: str = "mr",
+                      regions: tuple[str, ...] = SUMMARY_REGIONS) -> pd.DataFrame:
+    """MAE, SD of the absolute difference and bias of each method's SUVR against ``reference``
+    on the same sessions (Choi & Lee 2018, Table 2: MR-less methods against the MR-based one)."""
+    paired = paired_with_method(group_table, reference, regions)
     rows = []
     for (method, region), part in paired.groupby(["method", "region"], sort=False):
         difference = part["suvr"] - part["suvr_reference"]

@@ -154,7 +154,8 @@ class _ReportInputSpec(BaseInterfaceInputSpec):
     tracer = traits.Str("FBP", usedefault=True)
     methods = traits.List(traits.Str, mandatory=True)
     suvr_maps = InputMultiObject(File(exists=True), mandatory=True, desc="one per method")
-    t1w_templates = InputMultiObject(File(exists=True), mandatory=True, desc="one per method")
+    t1w_templates = InputMultiObject(File(exists=True), mandatory=True,
+                                     desc="one per method; mr's (real) and synthmr's (pseudo) also side by side")
     suvr_tables = InputMultiObject(File(exists=True), mandatory=True, desc="one per method")
     metadata = traits.List(traits.Dict, mandatory=True, desc="one per method")
     notes = traits.List(traits.Str, usedefault=True)

@@ -1,6 +1,9 @@
 """Group HTML report.
 
-- Amyloid: the composite SUVR and Centiloid of every subject, by site and diagnosis.
+- Amyloid: the Centiloid of every subject by diagnosis and site, per method; each MR-less method
+  against the MR-based one (``mr``): scatter with the identity line and Bland-Altman plot of the
+  composite SUVR and Centiloid, and the paired numbers of :func:`synthquant.evaluation.compare_to_method`
+  (Choi & Lee 2018, Table 2).
 - Myelin: the ROI-mean DVR by group and source, the agreement of predicted with true DVR
   (Bland-Altman), and the demyelinated percentage of each patient's lesions (Wei et al. 2019;
   Bodini et al. 2016).
@@ -18,34 +21,132 @@ from synthquant.image import atomic_output, atomic_write_text
 from synthquant.myelin import MIN_HC_SUBJECTS
 
 
+#: Clinical order on the axes; other labels follow alphabetically, ``n/a`` last.
+_DIAGNOSIS_ORDER = ("NC", "CN", "HC", "SMC", "EMCI", "MCI", "LMCI", "AD")
+_DIAGNOSIS_COLOURS = {"NC": "#1a9850", "CN": "#1a9850", "HC": "#1a9850", "MCI": "#fdae61", "EMCI": "#fee08b",
+                      "LMCI": "#f46d43", "AD": "#d73027", "n/a": "#969696"}
+_REFERENCE_METHOD = "mr"
+
+
+def _ordered(values, order) -> list:
+    present = list(dict.fromkeys(values))
+    return ([v for v in order if v in present] + sorted(v for v in present if v not in order and v != "n/a")
+            + (["n/a"] if "n/a" in present else []))
+
+
+def _methods(composite: pd.DataFrame) -> list[str]:
+    """The reference ``mr`` first, the others alphabetically."""
+    return _ordered(composite["method"], (_REFERENCE_METHOD,))
+
+
+def _diagnosis_colour(diagnosis: str) -> str:
+    return _DIAGNOSIS_COLOURS.get(diagnosis, "#6a51a3")
+
+
 def _centiloid_figure(composite: pd.DataFrame, out_png: Path) -> Path:
-    import matplotlib  # noqa: PLC0415
+    """One panel per method (a session appears once per method): Centiloid by diagnosis on the x axis,
+    coloured by site, with each diagnosis's median as a bar."""
+    plt = _pyplot()
+    methods = _methods(composite)
+    diagnoses = _ordered(composite["diagnosis"], _DIAGNOSIS_ORDER)
+    sites = sorted(composite["site"].astype(str).unique())
+    site_colours = dict(zip(sites, plt.get_cmap("tab10").colors))
+    ncols = min(3, len(methods))
+    nrows = -(-len(methods) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols + 0.6, 2.6 * nrows + 0.7), sharey=True,
+                             layout="constrained", squeeze=False)
+    rng = np.random.default_rng(0)  # fixed jitter: two runs give the same figure
+    for ax, method in zip(axes.flat, methods):
+        part = composite[composite["method"] == method]
+        for x, diagnosis in enumerate(diagnoses):
+            values = part[part["diagnosis"] == diagnosis]
+            if values.empty:
+                continue
+            jitter = rng.uniform(-0.15, 0.15, len(values))
+            ax.scatter(x + jitter, values["centiloid"], c=[site_colours[str(s)] for s in values["site"]], s=30,
+                       edgecolor="black", linewidth=0.4, zorder=3)
+            median = float(values["centiloid"].median())
+            ax.hlines(median, x - 0.3, x + 0.3, color="black", lw=1.5, zorder=2)
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.axhline(100, color="grey", lw=0.8, ls=":")
+        ax.set_xticks(range(len(diagnoses)))
+        ax.set_xticklabels(diagnoses, fontsize=11)
+        ax.set_xlim(-0.6, len(diagnoses) - 0.4)
+        ax.set_title(f"method {method}", fontsize=12)
+        ax.tick_params(axis="y", labelsize=10)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Centiloid", fontsize=11)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    fig.suptitle("Centiloid by diagnosis (x) and site (colour), per method", fontsize=12)
+    fig.legend(handles=[plt.Line2D([], [], marker="o", ls="", markerfacecolor=site_colours[s],
+                                   markeredgecolor="black", label=s) for s in sites],
+               title="site", title_fontsize=11, frameon=False, loc="outside lower center", ncol=min(6, len(sites)),
+               fontsize=11)
+    return _save(fig, out_png)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    sites = sorted(composite["site"].unique())
-    diagnoses = sorted(composite["diagnosis"].unique())
-    colours = dict(zip(diagnoses, plt.get_cmap("tab10").colors))
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, site in enumerate(sites):
-        for j, diagnosis in enumerate(diagnoses):
-            part = composite[(composite["site"] == site) & (composite["diagnosis"] == diagnosis)]
-            x = i + (j - (len(diagnoses) - 1) / 2) * 0.18
-            ax.scatter([x] * len(part), part["centiloid"], color=colours[diagnosis], s=28,
-                       label=diagnosis if i == 0 else None, edgecolor="k", linewidth=0.3)
-    ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(sites)))
-    ax.set_xticklabels(sites)
-    ax.set_ylabel("Centiloid")
-    ax.set_xlabel("site")
-    ax.set_title("Centiloid by site and diagnosis")
-    ax.legend(title="diagnosis", frameon=False, fontsize=8)
-    fig.tight_layout()
-    with atomic_output(out_png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out_png
+def _agreement_stats(difference: pd.Series) -> tuple[int, float, float, float]:
+    """n, bias and the 95 % limits of agreement (bias \u00b1 1.96 SD; Bland & Altman 1986)."""
+    n = int(difference.notna().sum())
+    bias = float(difference.mean())
+    sd = float(difference.std(ddof=1)) if n > 1 else float("nan")
+    return n, bias, bias - 1.96 * sd, bias + 1.96 * sd
+
+
+def _agreement_figure(pairs: pd.DataFrame, method: str, out_png: Path) -> Path:
+    """Composite SUVR (top) and Centiloid (bottom) of ``method`` against ``mr``: scatter with the
+    identity line (left) and Bland-Altman plot (right), one dot per session coloured by diagnosis."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(9.0, 7.6), layout="constrained")
+    diagnoses = _ordered(pairs["diagnosis"], _DIAGNOSIS_ORDER)
+    for row, (column, unit) in enumerate((("suvr", "composite SUVR"), ("centiloid", "Centiloid"))):
+        both = pairs[[column, f"{column}_reference", "diagnosis"]].dropna()
+        scatter, ba = axes[row]
+        if both.empty:
+            for ax in (scatter, ba):
+                ax.text(0.5, 0.5, f"no {unit} values", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            continue
+        reference, value = both[f"{column}_reference"], both[column]
+        mean, difference = (value + reference) / 2, value - reference
+        for diagnosis in diagnoses:
+            keep = both["diagnosis"] == diagnosis
+            style = {"s": 32, "color": _diagnosis_colour(diagnosis), "edgecolor": "black", "linewidth": 0.4,
+                     "zorder": 3}
+            scatter.scatter(reference[keep], value[keep], label=diagnosis, **style)
+            ba.scatter(mean[keep], difference[keep], **style)
+        low, high = float(min(reference.min(), value.min())), float(max(reference.max(), value.max()))
+        pad = 0.06 * (high - low or 1.0)
+        scatter.plot([low - pad, high + pad], [low - pad, high + pad], color="grey", lw=1.0, ls="--", zorder=1)
+        scatter.set_xlim(low - pad, high + pad)
+        scatter.set_ylim(low - pad, high + pad)
+        scatter.set_aspect("equal")
+        scatter.set_xlabel(f"{unit}, method mr", fontsize=10)
+        scatter.set_ylabel(f"{unit}, method {method}", fontsize=10)
+        scatter.set_title(f"{unit}\n(dashed: identity)", fontsize=10)
+        n, bias, lower, upper = _agreement_stats(difference)
+        ba.axhline(0, color="grey", lw=0.6)
+        ba.axhline(bias, color="black", lw=1.0)
+        limits = [lower, upper] if np.isfinite(lower) else []
+        for limit in limits:
+            ba.axhline(limit, color="black", lw=0.9, ls="--")
+        span = max(float(difference.abs().max()), abs(bias), *(abs(y) for y in limits)) * 1.3 or 1.0
+        ba.set_ylim(-span, span)
+        # The numbers go in the title, not beside the lines, where they would cover dots.
+        numbers = f"bias {_plain(bias)}" + (f", limits {_plain(lower)} to {_plain(upper)}" if limits else "")
+        ba.set_xlabel(f"mean of {method} and mr {unit}", fontsize=10)
+        ba.set_ylabel(f"{method} \u2212 mr {unit}", fontsize=10)
+        ba.set_title(f"Bland-Altman, {unit}, n = {n}\n{numbers}", fontsize=10)
+        ba.legend(handles=[plt.Line2D([], [], color="black", lw=1.0, label="bias"),
+                           plt.Line2D([], [], color="black", lw=0.9, ls="--", label="bias \u00b1 1.96 SD")],
+                  frameon=False, fontsize=8, loc="best")
+    fig.suptitle(f"Method {method} against the MR-based method mr, composite cortex", fontsize=12)
+    fig.legend(handles=[plt.Line2D([], [], marker="o", ls="", markerfacecolor=_diagnosis_colour(d),
+                                   markeredgecolor="black", label=d) for d in diagnoses],
+               title="diagnosis", frameon=False, loc="outside lower center", ncol=len(diagnoses), fontsize=9)
+    return _save(fig, out_png)
 
 
 # ------------------------------------------------------------------------------- myelin
@@ -298,25 +399,107 @@ def _figure(path: Path, caption: str) -> str:
 # ------------------------------------------------------------------------------- page
 
 def _amyloid_section(amyloid: pd.DataFrame, participants: pd.DataFrame | None, group_dir: Path) -> str:
-    composite = amyloid[amyloid["region"] == "composite"].copy()
+    from synthquant.evaluation import compare_to_method, paired_with_method  # noqa: PLC0415
+
+    figures_dir = group_dir / "figures"
     participants = participants if participants is not None else pd.DataFrame()
     diagnosis = participants["diagnosis"] if "diagnosis" in participants else pd.Series(dtype=str)
-    composite["diagnosis"] = composite["participant_id"].str.removeprefix("sub-").map(diagnosis).fillna("n/a")
-    figure = _centiloid_figure(composite, group_dir / "figures" / "group_desc-centiloid_bysite.png")
+    amyloid = amyloid.copy()
+    for column in ("session_id", "site"):  # read with na_values="n/a": show "n/a", not "nan"
+        amyloid[column] = amyloid[column].fillna("n/a").astype(str)
+    amyloid["diagnosis"] = amyloid["participant_id"].str.removeprefix("sub-").map(diagnosis).astype(object).fillna("n/a")
+    composite = amyloid[amyloid["region"] == "composite"]
+    methods = _methods(composite)
+    parts = []
+    figure = _centiloid_figure(composite, figures_dir / "group_desc-centiloid_bysite.png")
+    parts.append(_figure(figure, "Centiloid of each session (dots, coloured by the site in participants.tsv) by the "
+                                 "diagnosis in participants.tsv, one panel per method; black bar: the median. "
+                                 "Dashed line: 0 CL (young controls); dotted: 100 CL (typical mild AD). "
+                                 "Centiloid uses the GAAIN VOIs (whole cerebellum)."))
+    parts.append(_centiloid_by_diagnosis_html(composite, methods))
+    others = [m for m in methods if m != _REFERENCE_METHOD]
+    if _REFERENCE_METHOD not in methods:
+        parts.append(f"<p>No method <code>{_REFERENCE_METHOD}</code> in this run (no subject with a T1w, or not "
+                     "asked for): no agreement plots, which compare each MR-less method with the MR-based one.</p>")
+    elif not others:
+        parts.append(f"<p>Only method <code>{_REFERENCE_METHOD}</code> ran: no MR-less method to compare "
+                     "with it.</p>")
+    else:
+        pairs = paired_with_method(amyloid, _REFERENCE_METHOD, ("composite",))
+        parts.append(f"<h3>MR-less methods against <code>{_REFERENCE_METHOD}</code></h3>")
+        for method in others:
+            paired = pairs[pairs["method"] == method]
+            if paired.empty:
+                parts.append(f"<p>Method <code>{html.escape(method)}</code>: no session also has "
+                             f"<code>{_REFERENCE_METHOD}</code>.</p>")
+                continue
+            figure = _agreement_figure(paired, method, figures_dir / f"group_desc-{method}VsMr_agreement.png")
+            parts.append(_figure(figure, _agreement_caption(paired, method)))
+        table = compare_to_method(amyloid, _REFERENCE_METHOD)
+        parts.append(_compare_table_html(table))
     rows = "".join(
         f"<tr><td>{html.escape(r.participant_id)}</td><td>{html.escape(str(r.session_id))}</td>"
         f"<td>{html.escape(str(r.site))}</td><td>{html.escape(str(r.diagnosis))}</td>"
-        f"<td>{html.escape(r.method)}</td><td>{r.suvr:.3f}</td><td>{r.centiloid:.1f}</td></tr>"
+        f"<td>{html.escape(r.method)}</td><td>{_number(r.suvr, 3)}</td><td>{_number(r.centiloid, 1)}</td></tr>"
         for r in composite.sort_values(["participant_id", "method"]).itertuples())
-    return f"""<h2>Amyloid PET</h2>
-<p>{composite['participant_id'].nunique()} participants, {composite['site'].nunique()} site(s).
-Composite SUVR is referenced to cerebellar grey matter; Centiloid uses the GAAIN VOIs
-(see any subject's sidecar for the equation). Full table: <code>amyloid_suvr.tsv</code>.</p>
-<figure><img src="figures/{figure.name}" width="800"><figcaption>Centiloid of each participant (dots)
-by site, coloured by the diagnosis in participants.tsv; the dashed line is 0 CL (young controls).
-</figcaption></figure>
-<table><tr><th>participant</th><th>session</th><th>site</th><th>diagnosis</th><th>method</th>
-<th>composite SUVR</th><th>Centiloid</th></tr>{rows}</table>"""
+    parts.append("<table><tr><th>participant</th><th>session</th><th>site</th><th>diagnosis</th><th>method</th>"
+                 f"<th>composite SUVR</th><th>Centiloid</th></tr>{rows}</table>")
+    head = (f"<h2>Amyloid PET</h2><p>{composite['participant_id'].nunique()} participants, "
+            f"{composite['site'].nunique()} site(s), methods {html.escape(', '.join(methods))}. Composite SUVR is "
+            "referenced to cerebellar grey matter; Centiloid uses the GAAIN VOIs (see any subject's sidecar for "
+            "the equation). Full table: <code>amyloid_suvr.tsv</code>.</p>")
+    return head + "\n".join(parts)
+
+
+def _agreement_caption(paired: pd.DataFrame, method: str) -> str:
+    text = [(f"Method {html.escape(method)} against the MR-based method mr on the same sessions, composite cortex; "
+             "one dot per session, coloured by diagnosis. Left: the value of each method, dashed identity line. "
+             f"Right: Bland-Altman plot, {html.escape(method)} &minus; mr against their mean; solid line the bias, "
+             "dashed the 95 % limits of agreement (bias &plusmn; 1.96 SD of the differences).")]
+    for column, unit, digits in (("suvr", "SUVR", 3), ("centiloid", "Centiloid", 1)):
+        n, bias, lower, upper = _agreement_stats(paired[column] - paired[f"{column}_reference"])
+        text.append(f"{unit}: n = {n}, bias {_signed(bias, digits)}, limits of agreement "
+                    f"{_signed(lower, digits)} to {_signed(upper, digits)}.")
+    return " ".join(text)
+
+
+def _plain(value: float) -> str:
+    """Three significant digits with a true minus sign (figures)."""
+    return f"{value:+.3g}".replace("-", "\u2212")
+
+
+def _signed(value: float, digits: int) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:+.{digits}f}".replace("-", "&minus;")
+
+
+def _compare_table_html(table: pd.DataFrame) -> str:
+    """:func:`synthquant.evaluation.compare_to_method`'s SUVR numbers, one row per method and region."""
+    rows = "".join(
+        f"<tr><td>{html.escape(r.method)}</td><td>{html.escape(r.region.replace('_', ' '))}</td><td>{r.n}</td>"
+        f"<td>{_number(r.bias, 3)}</td><td>{_number(r.mae, 3)}</td><td>{_number(r.sd_abs_error, 3)}</td>"
+        f"<td>{_number(r.max_abs_error, 3)}</td></tr>" for r in table.itertuples())
+    return ("<p>SUVR of each MR-less method against mr on the same sessions, per region (Choi &amp; Lee 2018, "
+            "Table 2); difference = method &minus; mr.</p><table><tr><th>method</th><th>region</th><th>n</th>"
+            "<th>bias</th><th>mean |difference|</th><th>SD of |difference|</th><th>max |difference|</th></tr>"
+            f"{rows}</table>")
+
+
+def _centiloid_by_diagnosis_html(composite: pd.DataFrame, methods: list[str]) -> str:
+    """Median Centiloid (n) per diagnosis and site, one row per method and diagnosis."""
+    diagnoses = _ordered(composite["diagnosis"], _DIAGNOSIS_ORDER)
+    sites = sorted(composite["site"].unique())
+    groups = composite.groupby(["method", "diagnosis", "site"])["centiloid"]
+    medians, counts = groups.median(), groups.count()
+    rows = []
+    for method in methods:
+        for diagnosis in diagnoses:
+            cells = [f"{_number(medians[(method, diagnosis, site)], 1)} ({counts[(method, diagnosis, site)]})"
+                     if (method, diagnosis, site) in medians.index else "&ndash;" for site in sites]
+            rows.append(f"<tr><td>{html.escape(method)}</td><td>{html.escape(diagnosis)}</td>"
+                        + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return ("<p>Median Centiloid (number of sessions) by diagnosis and site.</p><table><tr><th>method</th>"
+            "<th>diagnosis</th>" + "".join(f"<th>{html.escape(s)}</th>" for s in sites) + "</tr>"
+            + "".join(rows) + "</table>")
 
 
 def write_group_report(group_dir: Path, *, participants: pd.DataFrame | None = None,

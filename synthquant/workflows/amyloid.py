@@ -21,6 +21,7 @@ from synthquant.interfaces import (
     SynthesizeMR,
     ToTemplate,
 )
+from synthquant.reports.amyloid import t1w_pair_figure_name
 from synthquant.workflows.normalize import init_normalize_wf
 
 #: What each method's outputs say about how the PET reached template space.
@@ -218,7 +219,10 @@ def init_amyloid_wf(*, inputs, methods: tuple[str, ...], output_dir: str, templa
     report = pe.Node(AmyloidReport(subject_key=inputs.key, site=inputs.site, tracer=inputs.tracer,
                                    methods=list(methods), notes=list(inputs.notes)), name="report", mem_gb=0.5)
     report_files = pe.Node(niu.Merge(2), name="report_files", run_without_submitting=True)
-    figures = [f"{inputs.key}_desc-{m}_suvr.png" for m in methods] + [f"{inputs.key}_desc-regions_suvr.png"]
+    # The same names, in the same order, as render_amyloid_report writes them.
+    figures = [f"{inputs.key}_desc-{m}_suvr.png" for m in methods] + (
+        [t1w_pair_figure_name(inputs.key)] if {"mr", "synthmr"} <= set(methods) else []) + [
+        f"{inputs.key}_desc-regions_suvr.png"]
     ds_report = pe.Node(DerivativesSink(output_dir=output_dir, specs=[{"path": f"{inputs.key}.html"}] + [
         {"path": f"sub-{inputs.subject}/figures/{name}"} for name in figures]), name="ds_report",
         run_without_submitting=True)
