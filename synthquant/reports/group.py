@@ -20,7 +20,6 @@ import pandas as pd
 from synthquant.image import atomic_output, atomic_write_text
 from synthquant.myelin import MIN_HC_SUBJECTS
 
-
 #: Clinical order on the axes; other labels follow alphabetically, ``n/a`` last.
 _DIAGNOSIS_ORDER = ("NC", "CN", "HC", "SMC", "EMCI", "MCI", "LMCI", "AD")
 _DIAGNOSIS_COLOURS = {"NC": "#1a9850", "CN": "#1a9850", "HC": "#1a9850", "MCI": "#fdae61", "EMCI": "#fee08b",
