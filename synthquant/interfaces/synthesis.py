@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
 
 
 class _SynthesizeMRInputSpec(BaseInterfaceInputSpec):
