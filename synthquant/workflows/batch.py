@@ -320,9 +320,12 @@ def plan_batch(config: RunConfig) -> BatchPlan:
 def pydra_worker(config: RunConfig, at_once: int):
     """The pydra worker: ``cf`` (local processes) or ``slurm`` (one job per task).
 
-    The local pool starts its processes with ``spawn``: fresh interpreters, which inherit this
-    process's stdout and environment as they are now (a fork would copy a process that may
-    have used torch's OpenMP pool; see synthquant.runner).
+    Locally each task runs in a fresh interpreter (``spawn``, one task per process), as a slurm
+    job would: it inherits this process's stdout and environment as they are now, never a
+    fork of a process that may have used torch's OpenMP pool (see synthquant.runner), and a
+    subject's graph is built from the code on disk when it starts, not from modules imported
+    by an earlier subject (a Nipype connect function's source is read from the file then;
+    a package changed during a long batch made that source, and pickled results, disagree).
     """
     if config.batch_worker == "slurm":
         from pydra.workers.slurm import Worker as SlurmWorker
@@ -338,7 +341,7 @@ def pydra_worker(config: RunConfig, at_once: int):
 
     worker = ConcurrentFuturesWorker(n_procs=at_once)
     worker.pool.shutdown()  # its default pool forks; no process was started yet
-    worker.pool = ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"))
+    worker.pool = ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     return worker
 
 
