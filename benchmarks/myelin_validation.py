@@ -38,9 +38,11 @@ Goals (Wei 2019's results): lesion discrepancy <= 0.022, Dice >= 0.83, and the R
 Sketcher. Each is printed as met or not met.
 
     .venv/bin/python benchmarks/myelin_validation.py --bids /tmp/dvrtrain/bids --work /tmp/dvrtrain \\
-        --out /tmp/dvrval/bench --folds 3 --steps 300 --omp-nthreads 1 --tag 2026-11-23
+        --out /tmp/dvrval/bench --folds 3 --steps 250 --omp-nthreads 1 --tag 2026-11-23
 
-``--work`` is the ``-w`` of ``run_workflow.py train dvr-from-mri``: the pairs are cached under
+That command took 18 minutes on 2026-11-23 (1 thread of a 2-core CPU shared with other jobs;
+training 15.8 min at 0.24-0.51 s per U-Net step, 0.36-0.62 per Sketcher step, 0.42-0.55 per
+Refiner step). ``--work`` is the ``-w`` of ``run_workflow.py train dvr-from-mri``: the pairs are cached under
 ``WORK/dvr_from_mri_pairs`` and are prepared there first if missing (ANTs, minutes per subject).
 Checkpoints under ``--out`` make a rerun with the same settings skip the training.
 """
