@@ -298,7 +298,7 @@ def prepare_training_subject(inputs, out_dir: str | Path, *,
     settings = {"template_resolution": float(template_resolution), "voxel_mm": float(voxel_mm)}
     if done.is_file():
         record = json.loads(done.read_text())
-        cached = {k: Path(v) for k, v in record.get("files", {}).items()}
+        cached = {k: out_dir / v for k, v in record.get("files", {}).items()}
         if record.get("settings") == settings and cached and all(p.is_file() for p in cached.values()):
             return cached
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -320,8 +320,10 @@ def prepare_training_subject(inputs, out_dir: str | Path, *,
     # The true DVR is on the PET's own grid: the myelin grid shares its axes, so only the voxel
     # size changes (no transform).
     paths["dvr"] = _resample_same_space(dvr["dvr"], grid, out_dir / "grid" / "dvr.nii.gz")
-    atomic_write_text(json.dumps({"settings": settings, "files": {k: str(v) for k, v in paths.items()}}, indent=2),
-                      done)
+    # Paths relative to out_dir, so a moved work dir keeps its cache.
+    atomic_write_text(json.dumps({"settings": settings,
+                                  "files": {k: str(Path(v).relative_to(out_dir)) for k, v in paths.items()}},
+                                 indent=2), done)
     return paths
 
 
