@@ -10,20 +10,23 @@ without starting any subject. Every run is a fresh process, timed from start to 
 
 Reads: ``speedup`` = wall(1 process) / wall(2 processes), at most 2 on 2 cores (the subjects
 are independent, each subject's graph is mostly serial); ``rerun_ratio`` = cached rerun /
-first run (start-up, discovery and pydra's cache look-up only); ``cpu_per_wall`` = CPU seconds
-of the run (all its processes) per wall second: how many cores it actually got. On a machine
-shared with other work, the speedup is bounded by that, not by the batch.
+first run (start-up, discovery and pydra's cache look-up only). ``subject_s`` is the mean time
+of one subject, ``concurrency`` the subjects' summed time per wall second (how many ran at
+once), ``cores_used`` the CPU seconds of all the run's processes per wall second (how many
+cores it got). On a machine shared with other work the speedup is bounded by the cores left
+free, not by the batch: then two subjects run at once but each takes twice as long.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,27 +35,59 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def children_cpu() -> float:
-    """CPU seconds (user + system) of this process's finished children and their descendants."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+class SessionCPU:
+    """CPU seconds (user + system) of every process in a session, sampled from /proc.
+
+    The workers of a run are not all reaped by their parents (a forkserver's children are
+    not), so ``getrusage(RUSAGE_CHILDREN)`` misses most of them; the last half second of each
+    process is missed here instead.
+    """
+
+    def __init__(self, session: int, interval: float = 0.5):
+        self.session, self.interval, self.seen = session, interval, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._stop.is_set():
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[3]) == self.session:  # fields from "state": session is the 6th of stat
+                    self.seen[(stat.parent.name, fields[19])] = (int(fields[11]) + int(fields[12])) / tick
+            self._stop.wait(self.interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return sum(self.seen.values())
+
+
+def subject_seconds(output: str) -> list[float]:
+    """The time of each subject the run computed (its progress lines)."""
+    return [float(m) for m in re.findall(r"sub-\w+ (?:done|FAILED) \(\d+ session\(s\)\) in (\d+) s", output)]
 
 
 def run_cli(args: list[str], log: Path, timeout: float) -> tuple[float, float, int, str]:
     """Run ``run_workflow.py ARGS`` in a fresh process, its output streamed to ``log``;
     ``(wall seconds, CPU seconds, exit status, output)``; exit status 124 past ``timeout`` seconds."""
-    started, cpu = time.perf_counter(), children_cpu()
+    started = time.perf_counter()
     with open(log, "w") as stream:
-        # Its own session, so that a run past its time is ended with every worker it started.
+        # Its own session: its processes are counted, and a run past its time is ended with all of them.
         process = subprocess.Popen([sys.executable, str(ROOT / "run_workflow.py"), *args], stdout=stream,
                                    stderr=subprocess.STDOUT, start_new_session=True)
+        cpu = SessionCPU(process.pid)
         try:
             status = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             status = 124
-    return time.perf_counter() - started, children_cpu() - cpu, status, log.read_text()
+    return time.perf_counter() - started, cpu.stop(), status, log.read_text()
 
 
 def cached_subjects(stdout: str) -> int:
@@ -94,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
         cli = [str(bids), str(out), "participant", "--batch-by", "site", "--methods", "mr",
                "--template-resolution", "3", "--nprocs", str(nprocs), "-w", str(work), "--skip-bids-validation"]
-        first, cpu, status, _ = run_cli(cli, root / f"nprocs{nprocs}_first.log", args.timeout)
+        first, cpu, status, output = run_cli(cli, root / f"nprocs{nprocs}_first.log", args.timeout)
         rerun, _, rerun_status, stdout = run_cli(cli, root / f"nprocs{nprocs}_rerun.log", args.timeout)
-        rows.append({"nprocs": nprocs, "exit": status, "first_s": first, "s_per_subject": first / args.subjects,
-                     "subjects_per_hour": 3600 * args.subjects / first, "cpu_s": cpu, "cpu_per_wall": cpu / first,
-                     "rerun_s": rerun, "rerun_exit": rerun_status, "rerun_from_cache": cached_subjects(stdout),
-                     "rerun_ratio": rerun / first})
+        subjects = subject_seconds(output)
+        rows.append({"nprocs": nprocs, "exit": status, "first_s": first, "subjects_per_hour": 3600 * args.subjects / first,
+                     "subject_s": sum(subjects) / max(1, len(subjects)), "concurrency": sum(subjects) / first,
+                     "cpu_s": cpu, "cores_used": cpu / first, "rerun_s": rerun, "rerun_exit": rerun_status,
+                     "rerun_from_cache": cached_subjects(stdout), "rerun_ratio": rerun / first})
         lines.append(f"--nprocs {nprocs}: first run {first:.0f} s (exit {status}), cached rerun {rerun:.1f} s "
                      f"(exit {rerun_status}, {cached_subjects(stdout)} of {args.subjects} subjects from pydra's "
                      "cache)")
