@@ -208,18 +208,17 @@ def check_pet_templates(config: RunConfig, sessions: list):
     return nc_template, levels
 
 
-def participant_graph(config: RunConfig, name: str = "synthquant_wf"):
-    """Discover and check the inputs, then build the participant graph.
+def discover_sessions(config: RunConfig) -> tuple[list, list, dict[str, str]]:
+    """The sessions of the arms ``config.pipeline`` asks for, each refused one reported in one line.
 
-    Returns ``(workflow, names, refused)``: ``names`` maps sub-workflow names to session keys,
-    ``refused`` the sessions whose input was refused (already reported, one line each).
+    Returns ``(amyloid, myelin, refused)``; raises InputError (exit 2) for bad labels or when
+    there is nothing at all to process. Used by the participant level and by ``--batch-by``.
     """
     from synthquant.bids import (
         bids_validator_issues,
         discover,
+        discover_myelin,
         select_subjects,
-        software_versions,
-        write_dataset_description,
     )
 
     select_subjects(config.bids_dir, config.participant_labels)  # bad labels fail first, in one line
@@ -227,8 +226,6 @@ def participant_graph(config: RunConfig, name: str = "synthquant_wf"):
         for line in bids_validator_issues(config.bids_dir):
             print(f"WARNING {line}", file=sys.stderr, flush=True)
     say(f"indexing {config.bids_dir}")
-    from synthquant.bids import discover_myelin
-
     amyloid, myelin, refused = [], [], {}
     if config.runs_amyloid:
         found = discover(config.bids_dir, config.participant_labels, centiloid_equation=config.centiloid_equation)
@@ -250,9 +247,20 @@ def participant_graph(config: RunConfig, name: str = "synthquant_wf"):
         print(f"ERROR {key}: {reason}", file=sys.stderr, flush=True)
     if not amyloid and not myelin and not refused:
         raise InputError(config.bids_dir, "nothing to process for the requested participants")
+    return amyloid, myelin, refused
+
+
+def participant_graph(config: RunConfig, name: str = "synthquant_wf"):
+    """Discover and check the inputs, then build the participant graph.
+
+    Returns ``(workflow, names, refused)``: ``names`` maps sub-workflow names to session keys,
+    ``refused`` the sessions whose input was refused (already reported, one line each).
+    """
+    from synthquant.bids import software_versions, write_dataset_description
+
+    amyloid, myelin, refused = discover_sessions(config)
 
     from synthquant.locking import hold_for_run
-    from synthquant.runner import run_graph
     from synthquant.workflows.base import init_participant_wf
 
     hold_for_run(config.work_dir, config.output_dir)  # before the first write; a second run exits 2
@@ -370,7 +378,11 @@ def run_demo(output_dir: Path, nprocs: int) -> int:
     status = max(status, run_participant(config, also=RunConfig(**myelin)))
     run_group_level(RunConfig(**{**common, "analysis_level": "group"}))
     run_group_level(RunConfig(**{**myelin, "analysis_level": "group"}))
-    from synthquant.evaluation import compare_myelin_sources, compare_to_method, compare_to_truth
+    from synthquant.evaluation import (
+        compare_myelin_sources,
+        compare_to_method,
+        compare_to_truth,
+    )
 
     group_table = derivatives / "group" / "amyloid_suvr.tsv"
     print("\nSUVR error against the phantom's ground truth (what a perfect normalisation would measure; "

@@ -572,7 +572,7 @@ def render_myelin_report(*, subject_key: str, site: str, group: str, maps: Mappi
             if saliency:
                 paths[name] = plot_saliency(saliency, target, lesion=lesion, brain=brain)
             else:  # the sink expects the file: say so in it
-                paths[name] = _placeholder("no saliency map was computed for this session", target)
+                paths[name] = _message_figure("no saliency map was computed for this session", target)
         else:
             paths[name] = plot_roi_bars(rows, target)
     captions = _captions(names=names, point_what=point_what, has_lesion=has_lesion, sources=list(dvr),
@@ -633,7 +633,7 @@ def _flat(value) -> str:
     return str(value)
 
 
-def _placeholder(text: str, out_png: str | Path) -> Path:
+def _message_figure(text: str, out_png: str | Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 1.2))
     ax.set_axis_off()

@@ -266,34 +266,17 @@ class BatchPlan:
 
 
 def plan_batch(config: RunConfig) -> BatchPlan:
-    """Discover both arms as ``cli.participant_graph`` does, check the models once, and group
+    """Discover both arms (``cli.discover_sessions``), check the models once, and group
     the subjects by site. Bad input fails here (exit 2) or refuses its session, in one line."""
-    from synthquant.bids import bids_validator_issues, discover, discover_myelin, select_subjects
-    from synthquant.cli import check_dvr_model, check_hc_norms, check_pet_templates, check_synthesis
+    from synthquant.cli import (
+        check_dvr_model,
+        check_hc_norms,
+        check_pet_templates,
+        check_synthesis,
+        discover_sessions,
+    )
 
-    select_subjects(config.bids_dir, config.participant_labels)
-    if not config.skip_bids_validation:
-        for line in bids_validator_issues(config.bids_dir):
-            print(f"WARNING {line}", file=sys.stderr, flush=True)
-    say(f"indexing {config.bids_dir}")
-    amyloid, myelin, refused = [], [], {}
-    if config.runs_amyloid:
-        found = discover(config.bids_dir, config.participant_labels, centiloid_equation=config.centiloid_equation)
-        amyloid, refused = found.amyloid, dict(found.refused)
-        if not amyloid and not refused and config.pipeline == "amyloid":
-            raise InputError(config.bids_dir, "no amyloid PET found for the requested participants")
-    if config.runs_myelin:
-        found_myelin = discover_myelin(config.bids_dir, config.participant_labels, lesion_dir=config.lesion_dir)
-        myelin = found_myelin.myelin
-        refused.update({f"{key} (myelin)": reason for key, reason in found_myelin.refused.items()})
-        for key, reason in found_myelin.skipped.items():
-            print(f"WARNING {key}: {reason}", file=sys.stderr, flush=True)
-        if not myelin and not found_myelin.refused and config.pipeline == "myelin":
-            raise InputError(config.bids_dir, "no session with MTR, DWI and T1w found for the requested participants")
-    for key, reason in refused.items():
-        print(f"ERROR {key}: {reason}", file=sys.stderr, flush=True)
-    if not amyloid and not myelin and not refused:
-        raise InputError(config.bids_dir, "nothing to process for the requested participants")
+    amyloid, myelin, refused = discover_sessions(config)
     # A missing model or template is one line and exit 2 here, not the same failure per subject.
     synth_model, synth_device = check_synthesis(config, amyloid)
     check_pet_templates(config, amyloid)
