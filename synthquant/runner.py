@@ -132,13 +132,30 @@ def output_dirs(workflow) -> list[Path]:
 STALE_TEMPORARY = re.compile(r"^\..+\.\d+\.tmp(\.[\w.]+)?$")
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process whose PID a temporary's name holds (``.<name>.<pid>.tmp``) still runs."""
+    match = re.search(r"\.(\d+)\.tmp", name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def remove_stale_temporaries(output_dir: Path) -> list[Path]:
     """Delete the temporaries a killed run left in ``output_dir`` (call it under the lock).
 
-    A derivative is written to a temporary name and renamed, so a killed run leaves at most
-    a temporary, never a half-written derivative; with the folder locked, no live run owns one.
+    A derivative is written to a temporary name holding its writer's PID and renamed, so a
+    killed run leaves at most a temporary, never a half-written derivative. Only temporaries
+    whose writer is dead are removed: under ``--batch-by`` the subjects of one batch share the
+    lock and write into the same folder at once.
     """
-    stale = [path for path in Path(output_dir).rglob(".*.tmp*") if path.is_file() and STALE_TEMPORARY.match(path.name)]
+    stale = [path for path in Path(output_dir).rglob(".*.tmp*")
+             if path.is_file() and STALE_TEMPORARY.match(path.name) and not _writer_alive(path.name)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
