@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-worker", choices=["cf", "slurm"], default="cf",
                         help="pydra worker of --batch-by: cf (local processes, default) or slurm")
     parser.add_argument("--plugin", default="MultiProc", help="Nipype plugin (MultiProc, Linear, SLURM, ...)")
-    parser.add_argument("--plugin-args", type=json.loads, default={}, metavar="JSON")
+    parser.add_argument("--plugin-args", type=json.loads, default={}, metavar="JSON",
+                        help="Nipype plugin arguments, e.g. '{\"n_gpu_procs\": 1}' or, for SLURM, "
+                             "'{\"sbatch_args\": \"-p normal\"}'; with --batch-worker slurm, sbatch_args and "
+                             "max_jobs go to pydra's slurm worker")
     parser.add_argument("--skip-bids-validation", action="store_true",
                         help="do not run the BIDS validator (its errors are reported, not fatal)")
     parser.add_argument("--template-resolution", type=float, default=1.0, metavar="MM",
