@@ -128,26 +128,16 @@ def check_synthesis(config: RunConfig, sessions: list) -> tuple[object | None, s
 
     if not any("synthmr" in methods_for(inputs, config)[0] for inputs in sessions):
         return None, "cpu"
-    from synthquant.models import MR_FROM_FBP, resolve_model
-    from synthquant.nets.device import choose_device
+    from synthquant.models import MR_FROM_FBP
 
-    device = choose_device(config.device, omp_nthreads=config.omp_nthreads)
-    if config.device == "auto":
-        say(f"synthesis device: {device.type} (--device auto)")
-    model = resolve_model(MR_FROM_FBP, config.models_dir)
-    say(f"synthesis model: {model.weights} (SHA-256 {model.sha256[:12]}...)")
-    if model.synthetic_only:
-        print(f"WARNING {model.weights}: demo weights trained on synthetic phantoms only; for real data pass "
-              "--models DIR with a model trained on real PET/MR pairs (run_workflow.py train mr-from-fbp)",
-              file=sys.stderr, flush=True)
-    return model, device.type
+    return _checked_model(config, MR_FROM_FBP, None, label="synthesis model",
+                          real_data="real PET/MR pairs (run_workflow.py train mr-from-fbp)")
 
 
-def check_dvr_model(config: RunConfig, sessions: list, device: str | None) -> tuple[object | None, str]:
-    """Load the ``dvr_from_mri`` model once, before any myelin session runs (as check_synthesis)."""
-    if not sessions:
-        return None, device or "cpu"
-    from synthquant.models import DVR_FROM_MRI, resolve_model
+def _checked_model(config: RunConfig, name: str, device: str | None, *, label: str, real_data: str):
+    """Choose the device (unless given), load model ``name`` once and say which; warn when it is
+    the bundled phantom-only demo model. Returns ``(model, device)``."""
+    from synthquant.models import resolve_model
 
     if device is None:
         from synthquant.nets.device import choose_device
@@ -155,13 +145,22 @@ def check_dvr_model(config: RunConfig, sessions: list, device: str | None) -> tu
         device = choose_device(config.device, omp_nthreads=config.omp_nthreads).type
         if config.device == "auto":
             say(f"synthesis device: {device} (--device auto)")
-    model = resolve_model(DVR_FROM_MRI, config.models_dir)
-    say(f"myelin model: {model.weights} (SHA-256 {model.sha256[:12]}...)")
+    model = resolve_model(name, config.models_dir)
+    say(f"{label}: {model.weights} (SHA-256 {model.sha256[:12]}...)")
     if model.synthetic_only:
         print(f"WARNING {model.weights}: demo weights trained on synthetic phantoms only; for real data pass "
-              "--models DIR with a model trained on real MTR/DTI/PIB data (run_workflow.py train dvr-from-mri)",
-              file=sys.stderr, flush=True)
+              f"--models DIR with a model trained on {real_data}", file=sys.stderr, flush=True)
     return model, device
+
+
+def check_dvr_model(config: RunConfig, sessions: list, device: str | None) -> tuple[object | None, str]:
+    """Load the ``dvr_from_mri`` model once, before any myelin session runs (as check_synthesis)."""
+    if not sessions:
+        return None, device or "cpu"
+    from synthquant.models import DVR_FROM_MRI
+
+    return _checked_model(config, DVR_FROM_MRI, device, label="myelin model",
+                          real_data="real MTR/DTI/PIB data (run_workflow.py train dvr-from-mri)")
 
 
 def check_hc_norms(config: RunConfig) -> dict:
