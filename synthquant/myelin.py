@@ -240,7 +240,7 @@ def segment_wm(t1w_brain, brain_mask, lesion_mask=None, *, fill: bool = True) ->
     numbers. Then WM := WM ∪ lesion and NAWM := WM - lesion (Wei §3.1 a: "the NAWM is then
     defined as the WM outside visible lesions").
     """
-    from synthquant.registration import _ants  # noqa: PLC0415
+    from synthquant.registration import _ants, ants_temporary_files  # noqa: PLC0415
 
     t1w = _array(t1w_brain)
     brain = _array(brain_mask) > 0
@@ -262,9 +262,10 @@ def segment_wm(t1w_brain, brain_mask, lesion_mask=None, *, fill: bool = True) ->
 
     ants = _ants()
     # Voxel units throughout (the MRF radius is in voxels), so the world geometry is not needed.
-    result = ants.atropos(a=ants.from_numpy(image.astype(np.float32)),
-                          x=ants.from_numpy(brain.astype(np.float32)),
-                          i=f"Kmeans[{ATROPOS_CLASSES}]", m=ATROPOS_MRF, c=ATROPOS_CONVERGENCE)
+    with ants_temporary_files():
+        result = ants.atropos(a=ants.from_numpy(image.astype(np.float32)),
+                              x=ants.from_numpy(brain.astype(np.float32)),
+                              i=f"Kmeans[{ATROPOS_CLASSES}]", m=ATROPOS_MRF, c=ATROPOS_CONVERGENCE)
     labels = result["segmentation"].numpy().astype(np.int16)
     class_means = [float(image[labels == k].mean()) if (labels == k).any() else -np.inf
                    for k in range(1, ATROPOS_CLASSES + 1)]

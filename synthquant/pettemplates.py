@@ -25,7 +25,6 @@ import math
 import re
 import tempfile
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from synthquant.registration import (
     _no_finer_than,
     _read,
     _write,
+    ants_temporary_files,
     syn_iterations,
 )
 
@@ -370,20 +370,6 @@ def select_template(static_pet: str | Path, templates: Sequence[str | Path], *,
 # PET segmentation
 
 
-@contextmanager
-def _temporary_files_in(folder: Path):
-    """Point Python's temporary files at a scratch folder inside ``folder``, removed on exit:
-    antspyx's Atropos writes its probability maps through ``tempfile`` and never deletes them,
-    and a node writes only inside its own folder."""
-    previous = tempfile.tempdir
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".atropos_") as scratch:
-        tempfile.tempdir = scratch
-        try:
-            yield
-        finally:
-            tempfile.tempdir = previous
-
-
 #: Atropos Markov random field: a light smoothing (0.1, radius 1 voxel); PET voxels are
 #: already correlated by the 5-8 mm point-spread function.
 ATROPOS_MRF = "[0.1,1x1x1]"
@@ -445,7 +431,7 @@ def segment_pet(static_pet: str | Path, out_dir: str | Path, *, prefix: str = "p
 
     mask = ants.threshold_image(pull_back(template_mask), 0.5, 2.0)
     priors = [pull_back(_read(atlases.tissue_prior(t, AFFINE_RESOLUTION))) for t in TISSUES]
-    with _temporary_files_in(out_dir):
+    with ants_temporary_files(out_dir):
         seg = ants.atropos(a=pet, x=mask, i=priors, m=ATROPOS_MRF, c="[5,0]", priorweight=PRIOR_WEIGHT)
     inside = mask.numpy() > 0
     uptake = pet.numpy()[inside]

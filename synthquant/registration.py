@@ -14,6 +14,8 @@ sampling would also be deterministic, but costs 10x: 51 s instead of 6 s for an 
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,21 @@ def _ants():
     import ants  # noqa: PLC0415 - heavy import kept out of graph building
 
     return ants
+
+
+@contextmanager
+def ants_temporary_files(folder: str | Path | None = None):
+    """Point Python's temporary files at a scratch folder (inside ``folder``, or the system's
+    temporary folder), removed on exit: antspyx's Atropos writes its probability maps through
+    ``tempfile`` and never deletes them (hundreds of ``/tmp/antsr*prob0N.nii.gz`` after a day of
+    runs), and a node writes only inside its own folder."""
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".ants_") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
 
 
 def _read(path: str | Path):

@@ -4,6 +4,7 @@ known tissue, lesions, control distributions and grids."""
 from __future__ import annotations
 
 import json
+import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -70,11 +71,14 @@ def test_brain_mask_and_n4_reuses_a_normalization(tmp_path):
     assert not (tmp_path / "brain_mask.nii.gz").exists()  # nothing recomputed
 
 
-def test_segment_wm_lesion_filling_puts_black_holes_into_wm():
+def test_segment_wm_lesion_filling_puts_black_holes_into_wm(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     t1w, brain, wm_truth, lesion = brain_phantom(rng)
 
+    # antspyx's Atropos leaves its probability maps in the temporary folder; none may remain.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     filled = myelin.segment_wm(t1w, brain, lesion)
+    assert list(tmp_path.iterdir()) == [] and tempfile.gettempdir() == str(tmp_path)
     # The lesion is classed as WM tissue by Atropos itself, not only by the final union.
     assert (filled.wm_probability[lesion] > 0.5).mean() > 0.95
     assert filled.fill_value == pytest.approx(1.0, abs=0.03)
