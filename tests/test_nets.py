@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -110,6 +112,14 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(generator.eval()(pet), loaded.model(pet))
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["g.json",
                                                                        "g.safetensors"]
+    # Both files as the umask allows (safetensors alone writes 0600: unreadable to the lab's group).
+    previous = os.umask(0o027)
+    try:
+        save_model(generator, tmp_path / "shared" / "g")
+    finally:
+        os.umask(previous)
+    for name in ("g.safetensors", "g.json"):
+        assert stat.S_IMODE((tmp_path / "shared" / name).stat().st_mode) == 0o640, name
 
 
 def test_half_precision_storage_halves_the_file_and_loads_as_float32(tmp_path):

@@ -68,6 +68,7 @@ def save_model(model: nn.Module, path_without_suffix: str | Path,
     tmp_card = card_path.with_name(f".{card_path.name}.{os.getpid()}.tmp")
     try:
         save_file(state, str(tmp_weights), metadata={"architecture": full_card["architecture"]})
+        _as_umask_allows(tmp_weights)
         full_card["weights_sha256"] = _sha256(tmp_weights.read_bytes())
         tmp_card.write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
         os.replace(tmp_weights, weights_path)
@@ -76,6 +77,14 @@ def save_model(model: nn.Module, path_without_suffix: str | Path,
         for tmp in (tmp_weights, tmp_card):
             tmp.unlink(missing_ok=True)
     return full_card["weights_sha256"]
+
+
+def _as_umask_allows(path: Path) -> None:
+    """Give ``path`` the permissions of any new file (0666 less the umask): safetensors creates
+    its files 0600, which would hide a model trained on a shared cluster from the lab's group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _read_card(card_path: Path) -> dict[str, Any]:
