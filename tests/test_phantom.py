@@ -10,11 +10,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
-from synthquant.bids import bids_validator_executable
 from scipy import ndimage
 
 from synthquant.atlases import working_grid
+from synthquant.bids import bids_validator_executable
 from synthquant.errors import InputError
 from synthquant.image import resample_to_grid, voxel_sizes
 from synthquant.phantom import make_amyloid_cohort
@@ -97,6 +96,22 @@ def test_sites_differ_in_orientation_and_voxel_size(cohort, participants):
     lakeside = participants.loc[participants["site"] == "lakeside", "participant_id"].iloc[0]
     linear = nib.load(cohort / lakeside / "anat" / f"{lakeside}_T1w.nii.gz").affine[:3, :3]
     assert np.count_nonzero(np.abs(linear) > 1e-3) > 3
+
+
+def test_noise_free_t1w_is_the_t1w_without_its_rician_noise(cohort, participants):
+    """truth/desc-noisefree_T1w: same grid; T1w - noise-free is the site's noise, zero-mean and of
+    the protocol's sigma where the signal is high (Rician ~ Gaussian there)."""
+    for _, row in participants.iterrows():
+        sub, protocol = row["participant_id"], SITES[row["site"]].t1w
+        noisy = nib.load(cohort / sub / "anat" / f"{sub}_T1w.nii.gz")
+        clean = nib.load(cohort / "sourcedata" / "truth" / sub / f"{sub}_desc-noisefree_T1w.nii.gz")
+        assert clean.shape == noisy.shape and np.allclose(clean.affine, noisy.affine)
+        clean, noisy = clean.get_fdata(), noisy.get_fdata()
+        bright = clean > 10 * protocol.noise * protocol.gain
+        residual = (noisy - clean)[bright]
+        sigma = protocol.noise * protocol.gain
+        assert abs(residual.mean()) < 0.05 * sigma
+        assert residual.std() == pytest.approx(sigma, rel=0.05)
 
 
 def test_pet_has_four_frames_matching_its_sidecar(cohort, participants):

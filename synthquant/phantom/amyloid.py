@@ -244,7 +244,7 @@ def simulate_amyloid_subject(rng: np.random.Generator, anatomy: TemplateAnatomy,
 
     # T1w: the site's contrast through this subject's anatomy and MR pose.
     t1w_grid = acquisition_grid(scaled(site.t1w.image, preset.t1w_zoom), head_center(t1w_pose, deformation))
-    t1w = simulate_t1w(rng, t1w_signal, anatomy, t1w_grid, t1w_pose, deformation, site.t1w)
+    t1w, t1w_noise_free = simulate_t1w(rng, t1w_signal, anatomy, t1w_grid, t1w_pose, deformation, site.t1w)
 
     # PET: kBq/mL decay-corrected to injection; SUV = C / (activity / weight).
     regional = gm_uptake(load, jitter)
@@ -290,7 +290,7 @@ def simulate_amyloid_subject(rng: np.random.Generator, anatomy: TemplateAnatomy,
                   "composite_suvr": float(composite["suvr"]), "centiloid": float(composite["centiloid"])},
     }
     return {
-        "t1w": t1w, "t1w_affine": t1w_grid.affine,
+        "t1w": t1w, "t1w_affine": t1w_grid.affine, "t1w_noise_free": t1w_noise_free,
         "pet": frames, "pet_affine": pet_grid.affine,
         "truth_table": table, "truth_suvr": truth_suvr,
         "composite_suvr": float(composite["suvr"]), "centiloid": float(composite["centiloid"]),
@@ -412,7 +412,8 @@ noise) and a florbetapir PET of four 5-minute frames from 50 to 70 min after inj
 Ground truth is under `sourcedata/truth/`: per subject, the regional SUVR table
 (cerebellar grey-matter reference, AAL2 regions masked by template GM, and the composite
 cortex) that a perfect spatial normalisation of the noise-free, motion-free PET would give,
-the true SUVR map on the 2 mm template grid, and the simulation parameters (JSON);
+the true SUVR map on the 2 mm template grid, the T1w before noise (`desc-noisefree`, on the
+T1w's grid: what a perfect pseudo-MR could reproduce), and the simulation parameters (JSON);
 `truth.tsv` summarises composite SUVR and Centiloid per subject.
 """
 
@@ -517,5 +518,8 @@ def _write_subject(root: Path, label: str, site: Site, subject: dict, *, seed: i
     grid = working_grid()
     bw.write_nifti(subject["truth_suvr"], grid.affine,
                    truth_dir / f"sub-{label}_space-{TEMPLATE_SPACE}_trc-{TRACER}_suvr.nii.gz", np.float32)
+    # The T1w before noise (bias and gain kept; int16 rounding is below 0.1 % of WM).
+    bw.write_nifti(np.rint(subject["t1w_noise_free"]), subject["t1w_affine"],
+                   truth_dir / f"sub-{label}_desc-noisefree_T1w.nii.gz", np.int16)
     bw.write_json({"participant_id": f"sub-{label}", "site": site.name, "preset": preset, "seed": seed,
                    **subject["params"]}, truth_dir / f"sub-{label}_params.json")

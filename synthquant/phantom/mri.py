@@ -79,15 +79,20 @@ def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.nda
 
 def simulate_t1w(rng: np.random.Generator, signal: np.ndarray, anatomy: TemplateAnatomy,
                  grid: ImageGrid, pose: Pose, deformation: Deformation,
-                 protocol: T1wProtocol) -> np.ndarray:
-    """One subject's T1w on ``grid`` as int16 scanner units.
+                 protocol: T1wProtocol) -> tuple[np.ndarray, np.ndarray]:
+    """One subject's T1w on ``grid``: (the image as int16 scanner units, its noise-free signal).
+
+    The noise-free signal is the same image before Rician noise and digitisation (the anatomy,
+    contrast, receive bias and gain): what a perfect pseudo-T1w could at best reproduce, and the
+    reference of the SSIM ceiling in ``benchmarks/synthmr_validation.py``. The generator is
+    consumed identically whether or not the caller keeps it.
 
     Parameters
     ----------
     signal
         :func:`contrast_map` of the site's contrast (WM = 1).
     """
-    t1w = pull_back(signal, anatomy.affine, grid, pose, deformation)
-    t1w *= bias_field(rng, grid.shape, protocol.bias) * np.float32(protocol.gain)
-    t1w = rician(rng, t1w, protocol.noise * protocol.gain)
-    return np.clip(np.rint(t1w), 0, np.iinfo(np.int16).max).astype(np.int16)
+    clean = pull_back(signal, anatomy.affine, grid, pose, deformation)
+    clean *= bias_field(rng, grid.shape, protocol.bias) * np.float32(protocol.gain)
+    t1w = rician(rng, clean, protocol.noise * protocol.gain)
+    return np.clip(np.rint(t1w), 0, np.iinfo(np.int16).max).astype(np.int16), clean

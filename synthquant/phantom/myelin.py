@@ -854,7 +854,8 @@ def simulate_myelin_subject(rng: np.random.Generator, anatomy: TemplateAnatomy, 
     drop = (T1W_LESION_DROP[0] * maps["occupancy"] + T1W_LESION_DROP[1] * maps["loss"]
             + T1W_LESION_DROP[2] * maps["edema"])
     t1w_grid = acquisition_grid(scaled(site.t1w.image, preset.t1w_zoom), head_center(t1w_pose, deformation))
-    t1w = simulate_t1w(rng, t1w_signal * (1.0 - drop * wm), anatomy, t1w_grid, t1w_pose, deformation, site.t1w)
+    t1w, _ = simulate_t1w(rng, t1w_signal * (1.0 - drop * wm), anatomy, t1w_grid, t1w_pose, deformation,
+                          site.t1w)
 
     mt_grid = acquisition_grid(scaled(protocols.mt.image, preset.t1w_zoom), head_center(mt_pose, deformation))
     mt = simulate_mt(rng, anatomy, maps, protocols.mt, protocols.mt.mtr_scale * mtr_subject, mt_grid, mt_pose,
