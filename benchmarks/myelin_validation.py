@@ -84,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300,
                         help="steps of every network: the U-Net, the Sketcher and the Refiner each")
     parser.add_argument("--k", type=float, default=2.0, help="demyelinated: DVR < HC WM mean - k SD (Bodini: 2)")
+    parser.add_argument("--refiner-from-scratch", action="store_true",
+                        help="Wei's Refiner (its output is the DVR, trained from scratch) instead of ours "
+                             "(sketch + a learnt correction, starting at the sketch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--omp-nthreads", type=int, default=1)
     parser.add_argument("--tag", default=time.strftime("%Y-%m-%d"), help="prefix of the files in results/")
@@ -278,14 +281,16 @@ def main(argv=None) -> int:
            + ", ".join(f"{p.key} {int(p.lesion.sum())}" for p in pairs if p.lesion.any()))
 
     settings = {variant: DVRTrainingSettings(variant=variant, sketcher_steps=args.steps, refiner_steps=args.steps,
-                                             seed=args.seed)
+                                             seed=args.seed, residual_refiner=not args.refiner_from_scratch)
                 for variant in ("unet_l1", "sketcher_refiner")}
     base = settings["sketcher_refiner"]
     report(f"settings: {args.folds}-fold CV by subject (seed {args.seed}); {args.steps} steps per network "
            f"(U-Net; Sketcher; Refiner), batch {base.batch_size} crops of {'x'.join(map(str, base.crop))}, "
            f"{base.base_features} base features, {base.levels} levels, lesion-centred crops "
            f"{base.lesion_crop_fraction:.0%}, Adam {base.sketcher_lr:g} (U-Net, Sketcher) / {base.refiner_lr:g} "
-           f"(Refiner), λS=λR={base.lambda_sketcher:g}; same crops for every variant of a fold")
+           f"(Refiner), λS=λR={base.lambda_sketcher:g}; Refiner "
+           + ("residual (sketch + correction, started at the sketch)" if base.residual_refiner
+              else "from scratch (Wei)") + "; same crops for every variant of a fold")
     t0 = time.perf_counter()
     small = [p for p in pairs if p.lesion.any()][:1] + [p for p in pairs if not p.lesion.any()][:1]
     report(check_shared_sketcher(small, DVRTrainingSettings, train_model, args.seed)

@@ -434,3 +434,36 @@ def test_pair_from_trained_models_keeps_their_weights():
         assert torch.equal(pair(mr), refiner(mr, sketcher(mr)))
     with pytest.raises(ValueError, match="same MR channels"):
         SketcherRefiner3D({"in_channels": 2}, {"in_channels": 4})
+
+
+def test_residual_refiner_starts_at_the_sketch_and_learns_a_correction():
+    """A fresh residual Refiner returns the sketch exactly; one eq. 5 step moves it; the flag
+    survives the card (an old card without it loads Wei's non-residual form)."""
+    torch.manual_seed(0)
+    sketcher = define_sketcher(in_channels=2, base_features=4, levels=2).eval()
+    refiner = define_refiner(in_channels=2, base_features=4, levels=2, residual=True)
+    mr = torch.randn(2, 2, 16, 16, 16)
+    with torch.no_grad():
+        sketch = sketcher(mr)
+        assert torch.equal(refiner.eval()(mr, sketch), sketch)
+    scratch = define_refiner(in_channels=2, base_features=4, levels=2)
+    assert not scratch.residual and "residual" in scratch.config
+    with torch.no_grad():
+        assert not torch.allclose(scratch.eval()(mr, sketch), sketch)
+
+    dvr = sketch + 0.5
+    weights = torch.from_numpy(region_weights(np.zeros((16,) * 3, bool), np.zeros((16,) * 3, bool),
+                                              np.ones((16,) * 3, bool)))[None, None].expand(2, 1, -1, -1, -1)
+    discriminator = define_patch_discriminator_3d(in_channels=2, base_features=4, patch_size=16, n_layers=2)
+    optimizers = make_refiner_optimizers(refiner, discriminator)
+    before = float((sketch - dvr).abs().mean())
+    for _ in range(5):
+        refiner_train_step(refiner, discriminator, optimizers, sketcher, mr, dvr, weights)
+    with torch.no_grad():
+        after = float((refiner.eval()(mr, sketch) - dvr).abs().mean())
+    assert after < before
+
+    old_card = {k: v for k, v in refiner.config.items() if k != "residual"}
+    assert Refiner3D(**old_card).residual is False
+    pair = SketcherRefiner3D(sketcher.config, refiner.config)
+    assert pair.refiner.residual is True

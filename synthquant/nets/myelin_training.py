@@ -17,8 +17,10 @@ Recipe (Wei §3.1 "Training details", our choices marked):
   with lesions, on a random lesion voxel, so the few lesion voxels are seen often. The draw is a
   function of (seed, run, stage, step) only, so a resumed run draws the same crops.
 - **Stages** (Wei §3.1): the Sketcher (G_S, D_S) first, adversarial + λS L1 (eq. 4), Adam 1e-4;
-  then the Refiner (G_R, D_R) from scratch with the Sketcher frozen, adversarial + λR weighted
-  L1 (eq. 5, region weights 1/N_Les, 1/N_NAWM, 1/N_other computed per crop), Adam 5e-5.
+  then the Refiner (G_R, D_R) with the Sketcher frozen, adversarial + λR weighted L1 (eq. 5,
+  region weights 1/N_Les, 1/N_NAWM, 1/N_other computed per crop), Adam 5e-5. By default (ours,
+  ``residual_refiner``) the Refiner outputs sketch + correction and starts at the sketch; Wei's
+  Refiner starts from scratch (``residual_refiner=False``, ``--refiner-from-scratch``).
 - **Variants** (Wei §3.2's comparison): ``sketcher_refiner`` (the proposed method), ``sketcher``
   (one cGAN), ``unet_l1`` (one 3D U-Net with plain L1 and no adversary: a Sketcher3D without a
   noise channel).
@@ -135,6 +137,8 @@ class DVRTrainingSettings:
     lambda_refiner: float = LAMBDA_REFINER
     lesion_crop_fraction: float = LESION_CROP_FRACTION
     discriminator_features: int = 0  # 0: the generators' base_features
+    #: The Refiner outputs sketch + correction, started at the sketch (ours; Refiner3D).
+    residual_refiner: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "crop", tuple(int(c) for c in self.crop))
@@ -514,7 +518,8 @@ def train_model(pairs: Sequence[MyelinPair], settings: DVRTrainingSettings, *, d
     for parameter in sketcher.parameters():
         parameter.requires_grad_(False)
     torch.manual_seed(_torch_seed(settings.seed, run_id, 1))
-    refiner = define_refiner(in_channels=len(MR_CHANNELS), **generator_kwargs).to(device)
+    refiner = define_refiner(in_channels=len(MR_CHANNELS), residual=settings.residual_refiner,
+                             **generator_kwargs).to(device)
     d_refiner = define_patch_discriminator_3d(in_channels=len(MR_CHANNELS), base_features=d_features).to(device)
     opt_rg, opt_rd = make_refiner_optimizers(refiner, d_refiner, lr=settings.refiner_lr)
 

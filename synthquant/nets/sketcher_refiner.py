@@ -210,19 +210,30 @@ class Sketcher3D(UNet3D):
 
 
 class Refiner3D(UNet3D):
-    """Wei 2019 Refiner generator G_R(I_M, I_S): MR channels plus the sketch, no noise (§3.1)."""
+    """Wei 2019 Refiner generator G_R(I_M, I_S): MR channels plus the sketch, no noise (§3.1).
+
+    ``residual=True`` (ours) makes the output the sketch plus the U-Net's correction,
+    G_R(I_M, I_S) = I_S + U(I_M, I_S), with the U-Net's linear head started at zero
+    (:func:`define_refiner`). The Refiner then starts exactly at the Sketcher's output and its
+    weighted L1 (eq. 5) only has to learn where the sketch is wrong, mostly in lesions; Wei's
+    Refiner, trained from scratch on two GPUs, has to relearn the whole map first, which our CPU
+    budgets do not allow (benchmarks/myelin_validation.py). ``residual=False`` is Wei's form.
+    """
 
     def __init__(self, in_channels: int = 4, out_channels: int = 1, base_features: int = 32,
-                 levels: int = 3, dropout: float = 0.5, dropout_everywhere: bool = False):
+                 levels: int = 3, dropout: float = 0.5, dropout_everywhere: bool = False,
+                 residual: bool = False):
         super().__init__(in_channels + out_channels, out_channels, base_features, levels,
                          dropout, dropout_everywhere)
         self.in_channels = in_channels
+        self.residual = bool(residual)
         self.config = {"in_channels": in_channels, "out_channels": out_channels,
                        "base_features": base_features, "levels": levels, "dropout": dropout,
-                       "dropout_everywhere": dropout_everywhere}
+                       "dropout_everywhere": dropout_everywhere, "residual": self.residual}
 
     def forward(self, mr: torch.Tensor, sketch: torch.Tensor) -> torch.Tensor:
-        return self._forward(torch.cat([mr, sketch], dim=1))
+        correction = self._forward(torch.cat([mr, sketch], dim=1))
+        return sketch + correction if self.residual else correction
 
 
 class SketcherRefiner3D(nn.Module):
@@ -329,8 +340,13 @@ def define_sketcher(**kwargs) -> Sketcher3D:
 
 
 def define_refiner(**kwargs) -> Refiner3D:
-    """A freshly initialised ``Refiner3D(**kwargs)``."""
-    return init_weights_3d(Refiner3D(**kwargs))
+    """A freshly initialised ``Refiner3D(**kwargs)``; a residual one starts as the identity on
+    the sketch (zero head), so its first output is the Sketcher's."""
+    refiner = init_weights_3d(Refiner3D(**kwargs))
+    if refiner.residual:
+        nn.init.zeros_(refiner.head.weight)
+        nn.init.zeros_(refiner.head.bias)
+    return refiner
 
 
 def define_patch_discriminator_3d(**kwargs) -> PatchDiscriminator3D:
