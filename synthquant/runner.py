@@ -7,8 +7,11 @@ with the crash file for the traceback) while the others complete.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -161,6 +164,51 @@ def remove_stale_temporaries(output_dir: Path) -> list[Path]:
     return stale
 
 
+#: The stamp of the code that last ran in a work dir (drop_unreadable_results).
+CODE_STAMP = "synthquant_code.json"
+
+
+def code_stamp() -> str:
+    """SHA-256 over this package's Python sources: changes with any edit or upgrade."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def drop_unreadable_results(work_dir: Path, graph_dir: Path) -> list[Path]:
+    """Remove the cached nodes whose results this code can no longer read; return their folders.
+
+    Nipype reuses a node whose inputs are unchanged without reading its ``result_*.pklz``; the
+    next node then unpickles it, and a class renamed or moved since (a work dir from an older
+    synthquant) fails every subject with "the results file ... does not contain any outputs".
+    So, when the code differs from the stamp of the last run in ``work_dir``, every cached result
+    under ``graph_dir`` is loaded once and the unreadable nodes are deleted, to be recomputed.
+    Unchanged code costs one hash of the sources (milliseconds).
+    """
+    from nipype.utils.filemanip import loadpkl  # noqa: PLC0415
+
+    stamp_file, stamp = Path(work_dir) / CODE_STAMP, code_stamp()
+    try:
+        previous = json.loads(stamp_file.read_text()).get("code")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    dropped = []
+    if previous != stamp and Path(graph_dir).is_dir():
+        for result in sorted(Path(graph_dir).rglob("result_*.pklz")):
+            try:
+                loadpkl(result)
+            except Exception:  # noqa: BLE001 - any unpickling failure means: recompute the node
+                shutil.rmtree(result.parent, ignore_errors=True)
+                dropped.append(result.parent)
+    from synthquant.image import atomic_write_text  # noqa: PLC0415 - subjects of a batch share the file
+
+    atomic_write_text(json.dumps({"code": stamp}) + "\n", stamp_file)
+    return dropped
+
+
 def run_graph(workflow, names: dict[str, str], *, plugin: str, plugin_args: dict, work_dir: Path) -> dict[str, str]:
     """Run the graph; return ``{session key: failure reason}`` for the sessions that failed.
 
@@ -174,6 +222,10 @@ def run_graph(workflow, names: dict[str, str], *, plugin: str, plugin_args: dict
         with locking.locked(work_dir, *outputs):
             for folder in outputs:
                 remove_stale_temporaries(folder)
+            dropped = drop_unreadable_results(Path(work_dir), Path(workflow.base_dir or work_dir) / workflow.name)
+            if dropped:
+                print(f"work dir {work_dir}: {len(dropped)} cached step(s) were written by another synthquant "
+                      "and cannot be read; they will be recomputed", flush=True)
             return _run_graph(workflow, names, plugin=plugin, plugin_args=plugin_args, work_dir=Path(work_dir))
     finally:
         locking.end_run()  # the CLI's holds from before its first write (locking.hold_for_run)

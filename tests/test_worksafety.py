@@ -107,6 +107,40 @@ def test_stale_temporaries_of_a_dead_run_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [derivative.name]
 
 
+def test_cached_results_an_older_synthquant_wrote_are_recomputed(tmp_path, monkeypatch):
+    """A work dir from another version: a cached node whose result pickle names a class that no
+    longer exists is deleted (to be recomputed) when the code stamp changed, and only then."""
+    import pickle
+    import types
+
+    from nipype.utils.filemanip import savepkl
+
+    from synthquant import runner
+
+    vanishing = types.ModuleType("synthquant_vanished_module")
+    exec("class OldOutputSpec:\n    pass\n", vanishing.__dict__)  # noqa: S102 - a throwaway class
+    vanishing.OldOutputSpec.__module__ = vanishing.__name__
+    monkeypatch.setitem(sys.modules, vanishing.__name__, vanishing)
+    graph = tmp_path / "work" / "synthquant_wf" / "sub_01_wf"
+    stale, fresh = graph / "report", graph / "syn"
+    stale.mkdir(parents=True)
+    fresh.mkdir(parents=True)
+    savepkl(str(stale / "result_report.pklz"), vanishing.OldOutputSpec())
+    savepkl(str(fresh / "result_syn.pklz"), {"outputs": "readable"})
+    monkeypatch.delitem(sys.modules, vanishing.__name__)  # the class is gone, as after an upgrade
+    with pytest.raises(Exception):  # noqa: B017 - what Nipype would meet
+        pickle.loads(gzip.decompress((stale / "result_report.pklz").read_bytes()).split(b"\n", 1)[1])
+
+    work = tmp_path / "work"
+    (work / runner.CODE_STAMP).write_text(json.dumps({"code": runner.code_stamp()}))
+    assert runner.drop_unreadable_results(work, work / "synthquant_wf") == []  # same code: no scan
+    assert stale.exists()
+    (work / runner.CODE_STAMP).write_text(json.dumps({"code": "an older synthquant"}))
+    assert runner.drop_unreadable_results(work, work / "synthquant_wf") == [stale]
+    assert not stale.exists() and fresh.exists()
+    assert json.loads((work / runner.CODE_STAMP).read_text()) == {"code": runner.code_stamp()}
+
+
 # --- SIGKILL and restart ----------------------------------------------------------------------------
 
 def _command(bids: Path, root: Path) -> list[str]:
