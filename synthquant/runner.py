@@ -188,6 +188,8 @@ def drop_unreadable_results(work_dir: Path, graph_dir: Path) -> list[Path]:
     under ``graph_dir`` is loaded once and the unreadable nodes are deleted, to be recomputed.
     Unchanged code costs one hash of the sources (milliseconds).
     """
+    import logging  # noqa: PLC0415
+
     from nipype.utils.filemanip import loadpkl  # noqa: PLC0415
 
     stamp_file, stamp = Path(work_dir) / CODE_STAMP, code_stamp()
@@ -197,12 +199,18 @@ def drop_unreadable_results(work_dir: Path, graph_dir: Path) -> list[Path]:
         previous = None
     dropped = []
     if previous != stamp and Path(graph_dir).is_dir():
-        for result in sorted(Path(graph_dir).rglob("result_*.pklz")):
-            try:
-                loadpkl(result)
-            except Exception:  # noqa: BLE001 - any unpickling failure means: recompute the node
-                shutil.rmtree(result.parent, ignore_errors=True)
-                dropped.append(result.parent)
+        quiet = logging.getLogger("nipype.utils")  # it warns per unreadable file; we say it once
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            for result in sorted(Path(graph_dir).rglob("result_*.pklz")):
+                try:
+                    loadpkl(result)
+                except Exception:  # noqa: BLE001 - any unpickling failure means: recompute the node
+                    shutil.rmtree(result.parent, ignore_errors=True)
+                    dropped.append(result.parent)
+        finally:
+            quiet.setLevel(level)
     from synthquant.image import atomic_write_text  # noqa: PLC0415 - subjects of a batch share the file
 
     atomic_write_text(json.dumps({"code": stamp}) + "\n", stamp_file)
