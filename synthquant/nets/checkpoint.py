@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from synthquant.errors import InputError
+from synthquant.image import atomic_output, atomic_write_text
 
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
@@ -39,6 +40,20 @@ def _paths(path_without_suffix: str | Path) -> tuple[Path, Path]:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path,
+                      metadata: Mapping[str, str] | None = None) -> str:
+    """Write ``tensors`` to ``path`` through a temporary sibling (renamed on success), with the
+    permissions of any new file; return the file's SHA-256. safetensors alone creates its files
+    0600, which would hide a model trained on a shared cluster from the lab's group."""
+    with atomic_output(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata else None)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        sha256 = _sha256(tmp.read_bytes())
+    return sha256
 
 
 def save_model(model: nn.Module, path_without_suffix: str | Path,
@@ -64,27 +79,12 @@ def save_model(model: nn.Module, path_without_suffix: str | Path,
     if dtype is not None:
         state = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state.items()}
         full_card["stored_dtype"] = str(dtype).removeprefix("torch.")
-    tmp_weights = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
-    tmp_card = card_path.with_name(f".{card_path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(tmp_weights), metadata={"architecture": full_card["architecture"]})
-        _as_umask_allows(tmp_weights)
-        full_card["weights_sha256"] = _sha256(tmp_weights.read_bytes())
-        tmp_card.write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_weights, weights_path)
-        os.replace(tmp_card, card_path)
-    finally:
-        for tmp in (tmp_weights, tmp_card):
-            tmp.unlink(missing_ok=True)
+    # Weights first, the card (which records their SHA-256) renamed into place last: a failure
+    # between the two leaves a card that does not match, which load_model refuses.
+    full_card["weights_sha256"] = write_safetensors(state, weights_path,
+                                                    {"architecture": full_card["architecture"]})
+    atomic_write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n", card_path)
     return full_card["weights_sha256"]
-
-
-def _as_umask_allows(path: Path) -> None:
-    """Give ``path`` the permissions of any new file (0666 less the umask): safetensors creates
-    its files 0600, which would hide a model trained on a shared cluster from the lab's group."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _read_card(card_path: Path) -> dict[str, Any]:

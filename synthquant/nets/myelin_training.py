@@ -51,7 +51,14 @@ from torch import nn
 
 from synthquant.errors import InputError
 from synthquant.image import atomic_write_text
-from synthquant.myelin import MR_CHANNELS, MyelinPair, discrepancy, discrepancy_summary, zscore_stats
+from synthquant.myelin import (
+    MR_CHANNELS,
+    MyelinPair,
+    discrepancy,
+    discrepancy_summary,
+    zscore_stats,
+)
+from synthquant.nets.checkpoint import write_safetensors
 from synthquant.nets.dvr import predict_dvr
 from synthquant.nets.sketcher_refiner import (
     ADAM_BETAS,
@@ -306,12 +313,6 @@ def subject_folds(pairs: Sequence[MyelinPair], folds: int, seed: int) -> list[li
 def _save_state(stem: Path, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                 meta: dict) -> None:
     """Networks, Adam states and the torch RNG as safetensors; the rest as JSON (renamed last)."""
-    import hashlib  # noqa: PLC0415
-
-    from safetensors.torch import save_file  # noqa: PLC0415
-
-    from synthquant.image import atomic_output  # noqa: PLC0415
-
     tensors, optimizer_info = {}, {}
     for name, net in nets.items():
         tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
@@ -322,9 +323,7 @@ def _save_state(stem: Path, nets: dict[str, nn.Module], optimizers: dict[str, to
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    with atomic_output(stem.with_suffix(".safetensors")) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": _STATE_FORMAT})
-        sha256 = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    sha256 = write_safetensors(tensors, stem.with_suffix(".safetensors"), {"format": _STATE_FORMAT})
     atomic_write_text(json.dumps({"format": _STATE_FORMAT, "weights_sha256": sha256,
                                   "optimizers": optimizer_info, **meta}) + "\n", stem.with_suffix(".json"))
 

@@ -39,11 +39,28 @@ import torch
 from scipy import ndimage
 
 from synthquant.errors import InputError
-from synthquant.image import atomic_output, atomic_write_text, load_image, resample_to_grid
-from synthquant.nets.grid import AXIAL_MATRIX, UPPER_PERCENTILE, VOXEL_MM, to_generator_grid
+from synthquant.image import (
+    atomic_output,
+    atomic_write_text,
+    load_image,
+    resample_to_grid,
+)
+from synthquant.nets.checkpoint import write_safetensors
+from synthquant.nets.grid import (
+    AXIAL_MATRIX,
+    UPPER_PERCENTILE,
+    VOXEL_MM,
+    to_generator_grid,
+)
 from synthquant.nets.inference import slice_stack
 from synthquant.nets.metrics import masked_mae, masked_ssim
-from synthquant.nets.pix2pix import Pix2PixLoss, define_D, define_G, make_optimizers, train_step
+from synthquant.nets.pix2pix import (
+    Pix2PixLoss,
+    define_D,
+    define_G,
+    make_optimizers,
+    train_step,
+)
 
 MODEL_NAME = "mr_from_fbp"
 #: Bump when the pair recipe changes: cached pairs of another version are rebuilt.
@@ -399,8 +416,6 @@ def save_training_state(stem: str | Path, generator, discriminator, optimizers, 
     Never a pickle. The JSON is renamed into place last and records the SHA-256 of the
     weights, so a crash between the two renames is detected at load time.
     """
-    from safetensors.torch import save_file  # noqa: PLC0415
-
     stem = Path(stem)
     tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
     tensors.update({f"discriminator.{k}": v.detach().cpu().contiguous()
@@ -414,9 +429,7 @@ def save_training_state(stem: str | Path, generator, discriminator, optimizers, 
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     weights = stem.with_suffix(".safetensors")
-    with atomic_output(weights) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": _CHECKPOINT_FORMAT})
-        sha256 = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    sha256 = write_safetensors(tensors, weights, {"format": _CHECKPOINT_FORMAT})
     state = {"format": _CHECKPOINT_FORMAT, "version": _CHECKPOINT_VERSION, "weights_sha256": sha256,
              "optimizers": optimizer_info, "python_random_state": _python_random_state(), **meta}
     atomic_write_text(json.dumps(state, indent=1) + "\n", stem.with_suffix(".json"))
