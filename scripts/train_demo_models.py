@@ -52,7 +52,7 @@ DEMO_ARCHITECTURE = {"base_features": 16, "depth": 6}
 MODELS = ("mr_from_fbp", "dvr_from_mri")
 #: The dvr_from_mri phantom cohort (seed, size); the demo's own cohort uses another seed.
 DVR_COHORT = {"n_subjects": 15, "preset": "demo", "seed": 2026}
-DVR_VALIDATION = REPO / "benchmarks" / "results" / "2026-11-23_myelin_validation.json"
+DVR_VALIDATION = REPO / "benchmarks" / "results" / "2026-11-23-s4_myelin_validation.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
