@@ -17,27 +17,26 @@ base features and 6 levels (1.8 M parameters instead of 54 M): small enough to b
 **dvr_from_mri** (``--model dvr_from_mri``). Reproduce with:
 
     .venv/bin/python scripts/train_demo_models.py --model dvr_from_mri --root /tmp/dvrtrain \\
-        --sketcher-steps 1000 --refiner-steps 1000 --minutes 23 --omp-nthreads 1 --install
+        --sketcher-steps 800 --refiner-steps 800 --minutes 40 --omp-nthreads 1 --install
 
 The cohort is a demo-preset phantom myelin cohort of 15 subjects (8 controls, 7 MS patients)
 over the three sites, seed 2026 (the ``--demo`` run uses another seed's cohort, so the demo
 never predicts a subject it was trained on). Every subject trains the final model: the held-out
-numbers come from the cross-validation of the same recipe in ``benchmarks/myelin_validation.py``
-(``benchmarks/results/2026-11-23_myelin_validation.*``), which the install step records in the
-card. The network is the default Sketcher-Refiner (3D U-Nets of 16 base features, 3 levels,
-1.75 M parameters each; 32^3 crops, batch 2), the same recipe as ``run_workflow.py train
-dvr-from-mri BIDS --out DIR -w ROOT --float16`` at its default 1000 + 1000 steps; the weights are
-stored in float16 (7.0 MB; 14 MB in float32; predictions differ by at most 0.001 DVR). The pairs
-are prepared under ``ROOT/dvr_from_mri_pairs`` (ANTs, about 1 minute per subject on 1 thread)
-and reused; their cache records absolute paths, so prepare them there rather than moving them.
-On 2026-11-23 the command above took 20 minutes of wall time with the pairs prepared (training
-19.1 min: Sketcher 0.53 s/step, Refiner 0.61 s/step on 1 thread of a 2-core CPU shared with
-other jobs). ``--minutes`` is a safety limit: the run stops there with what it has, and the
-card's ``stages`` say so (``stopped_by``); this run stopped by steps. Caveat: the
-cross-validation ran 250 steps per network (its 25-minute budget), where the Refiner had not
-caught up with the Sketcher (held-out MSE 0.035 against 0.013); on training subjects the
-1000-step model's Refiner does beat its own Sketcher (sub-01: MSE 0.0069 against 0.0100), but
-held-out numbers at 1000 steps were not measured.
+numbers come from the cross-validation of the same recipe (800 steps per network, residual
+Refiner) in ``benchmarks/myelin_validation.py``
+(``benchmarks/results/2026-11-23-s4_myelin_validation.*``: MSE 0.0074, demyelination Dice 0.86,
+lesion discrepancy 0.024), which the install step records in the card. The network is the
+default Sketcher-Refiner (3D U-Nets of 16 base features, 3 levels, 1.75 M parameters each;
+32^3 crops, batch 2; the Refiner outputs sketch + correction), the recipe of ``run_workflow.py
+train dvr-from-mri BIDS --out DIR -w ROOT --float16 --sketcher-steps 800 --refiner-steps 800``;
+the weights are stored in float16 (7.0 MB; 14 MB in float32; predictions differ by at most
+0.001 DVR). The pairs are prepared under ``ROOT/dvr_from_mri_pairs`` (ANTs, about 1 minute per
+subject on 1 thread) and reused; their cache records absolute paths, so prepare them there
+rather than moving them. On 2026-11-23 the training took 10.5 minutes with the pairs prepared
+(Sketcher 0.35 s/step, Refiner 0.43 s/step on 1 thread of a 2-core CPU shared with another
+job). ``--minutes`` is a safety limit: the run stops there with what it has, and the card's
+``stages`` say so (``stopped_by``); this run stopped by steps. A rerun with ``--install``
+resumes from the finished checkpoints and only installs.
 """
 
 from __future__ import annotations
