@@ -192,6 +192,10 @@ def test_cross_validated_sketcher_refiner_card(trained_out, cohort):
     assert len(rows) == 1 + 3 * 12  # two folds and the final model, 6 + 6 steps each
     choice = resolve_model(DVR_FROM_MRI, out)
     assert choice.sha256 == result["sha256"] and choice.synthetic_only
+    # Training minutes: every stage of the folds and the final model (kept through a resume).
+    seconds = [s["seconds"] for fold in json.loads((out / "cross_validation.json").read_text())["per_fold"]
+               for s in fold["stages"].values()] + [s["seconds"] for s in training["stages"].values()]
+    assert len(seconds) == 6 and training["minutes"] == pytest.approx(sum(seconds) / 60, abs=0.01)
 
 
 def test_resolve_model_refuses_a_wrong_card(trained_out, tmp_path):

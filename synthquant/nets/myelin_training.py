@@ -715,7 +715,10 @@ def train_dvr_from_mri(pairs: Sequence[MyelinPair], out_dir: str | Path, *,
                         checkpoint_dir=out_dir / "checkpoints" / "final", resume=resume,
                         checkpoint_every=checkpoint_every, progress=progress, run_id=0, label="final")
     record_losses("final")
-    minutes = (time.perf_counter() - started) / 60.0
+    # Training time summed over every stage trained for this card (folds and final): the stages
+    # keep their seconds in the checkpoints, so a resumed run reports the whole training.
+    runs = [fold["stages"] for fold in (cross_validation or {}).get("per_fold", [])] + [final.stages]
+    minutes = sum(stage.get("seconds", 0.0) for stages in runs for stage in stages.values()) / 60.0
     device_name = torch_device.type
     if torch_device.type == "cuda":
         device_name += f" ({torch.cuda.get_device_name(torch_device)})"
