@@ -164,7 +164,7 @@ def remove_stale_temporaries(output_dir: Path) -> list[Path]:
     return stale
 
 
-#: The stamp of the code that last ran in a work dir (drop_unreadable_results).
+#: The stamp of the code that last ran a session's sub-workflow (drop_unreadable_results).
 CODE_STAMP = "synthquant_code.json"
 
 
@@ -178,42 +178,50 @@ def code_stamp() -> str:
     return digest.hexdigest()
 
 
-def drop_unreadable_results(work_dir: Path, graph_dir: Path) -> list[Path]:
+def drop_unreadable_results(graph_dir: Path, subgraphs) -> list[Path]:
     """Remove the cached nodes whose results this code can no longer read; return their folders.
 
     Nipype reuses a node whose inputs are unchanged without reading its ``result_*.pklz``; the
     next node then unpickles it, and a class renamed or moved since (a work dir from an older
     synthquant) fails every subject with "the results file ... does not contain any outputs".
-    So, when the code differs from the stamp of the last run in ``work_dir``, every cached result
-    under ``graph_dir`` is loaded once and the unreadable nodes are deleted, to be recomputed.
-    Unchanged code costs one hash of the sources (milliseconds).
+    So each session's sub-workflow folder (``subgraphs``: their names, found up to two levels
+    below ``graph_dir``) keeps the stamp of the code that last ran it; where the code differs,
+    every cached result in that folder is loaded once and the unreadable nodes are deleted, to be
+    recomputed. Only this run's own sessions are read: under ``--batch-by`` other subjects'
+    processes write into the same work dir at the same time. Unchanged code costs one hash of
+    the sources (milliseconds).
     """
     import logging  # noqa: PLC0415
 
     from nipype.utils.filemanip import loadpkl  # noqa: PLC0415
 
-    stamp_file, stamp = Path(work_dir) / CODE_STAMP, code_stamp()
-    try:
-        previous = json.loads(stamp_file.read_text()).get("code")
-    except (OSError, ValueError, AttributeError):
-        previous = None
+    from synthquant.image import atomic_write_text  # noqa: PLC0415
+
+    stamp = code_stamp()
+    graph_dir = Path(graph_dir)
+    folders = [folder for name in subgraphs for pattern in (name, f"*/{name}")
+               for folder in graph_dir.glob(pattern) if folder.is_dir()]
     dropped = []
-    if previous != stamp and Path(graph_dir).is_dir():
-        quiet = logging.getLogger("nipype.utils")  # it warns per unreadable file; we say it once
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)
-        try:
-            for result in sorted(Path(graph_dir).rglob("result_*.pklz")):
+    quiet = logging.getLogger("nipype.utils")  # it warns per unreadable file; we say it once
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        for folder in folders:
+            try:
+                previous = json.loads((folder / CODE_STAMP).read_text()).get("code")
+            except (OSError, ValueError, AttributeError):
+                previous = None
+            if previous == stamp:
+                continue
+            for result in sorted(folder.rglob("result_*.pklz")):
                 try:
                     loadpkl(result)
                 except Exception:  # noqa: BLE001 - any unpickling failure means: recompute the node
                     shutil.rmtree(result.parent, ignore_errors=True)
                     dropped.append(result.parent)
-        finally:
-            quiet.setLevel(level)
-    from synthquant.image import atomic_write_text  # noqa: PLC0415 - subjects of a batch share the file
-
-    atomic_write_text(json.dumps({"code": stamp}) + "\n", stamp_file)
+            atomic_write_text(json.dumps({"code": stamp}) + "\n", folder / CODE_STAMP)
+    finally:
+        quiet.setLevel(level)
     return dropped
 
 
@@ -230,7 +238,7 @@ def run_graph(workflow, names: dict[str, str], *, plugin: str, plugin_args: dict
         with locking.locked(work_dir, *outputs):
             for folder in outputs:
                 remove_stale_temporaries(folder)
-            dropped = drop_unreadable_results(Path(work_dir), Path(workflow.base_dir or work_dir) / workflow.name)
+            dropped = drop_unreadable_results(Path(workflow.base_dir or work_dir) / workflow.name, names)
             if dropped:
                 print(f"work dir {work_dir}: {len(dropped)} cached step(s) were written by another synthquant "
                       "and cannot be read; they will be recomputed", flush=True)

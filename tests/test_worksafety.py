@@ -109,7 +109,8 @@ def test_stale_temporaries_of_a_dead_run_are_removed(tmp_path):
 
 def test_cached_results_an_older_synthquant_wrote_are_recomputed(tmp_path, monkeypatch):
     """A work dir from another version: a cached node whose result pickle names a class that no
-    longer exists is deleted (to be recomputed) when the code stamp changed, and only then."""
+    longer exists is deleted (to be recomputed) when its session's code stamp changed, and only
+    then, and only in the sessions this run runs."""
     import pickle
     import types
 
@@ -121,8 +122,8 @@ def test_cached_results_an_older_synthquant_wrote_are_recomputed(tmp_path, monke
     exec("class OldOutputSpec:\n    pass\n", vanishing.__dict__)  # noqa: S102 - a throwaway class
     vanishing.OldOutputSpec.__module__ = vanishing.__name__
     monkeypatch.setitem(sys.modules, vanishing.__name__, vanishing)
-    graph = tmp_path / "work" / "synthquant_wf" / "sub_01_wf"
-    stale, fresh = graph / "report", graph / "syn"
+    session = tmp_path / "work" / "synthquant_wf" / "sub_01_wf"
+    stale, fresh = session / "report", session / "syn"
     stale.mkdir(parents=True)
     fresh.mkdir(parents=True)
     savepkl(str(stale / "result_report.pklz"), vanishing.OldOutputSpec())
@@ -131,14 +132,15 @@ def test_cached_results_an_older_synthquant_wrote_are_recomputed(tmp_path, monke
     with pytest.raises(Exception):  # noqa: B017 - what Nipype would meet
         pickle.loads(gzip.decompress((stale / "result_report.pklz").read_bytes()).split(b"\n", 1)[1])
 
-    work = tmp_path / "work"
-    (work / runner.CODE_STAMP).write_text(json.dumps({"code": runner.code_stamp()}))
-    assert runner.drop_unreadable_results(work, work / "synthquant_wf") == []  # same code: no scan
+    work = tmp_path / "work"  # the graph's folder is WORK/synthquant_wf, the demo's one level deeper
+    (session / runner.CODE_STAMP).write_text(json.dumps({"code": runner.code_stamp()}))
+    assert runner.drop_unreadable_results(work, ["sub_01_wf"]) == []  # same code: no scan
     assert stale.exists()
-    (work / runner.CODE_STAMP).write_text(json.dumps({"code": "an older synthquant"}))
-    assert runner.drop_unreadable_results(work, work / "synthquant_wf") == [stale]
+    (session / runner.CODE_STAMP).write_text(json.dumps({"code": "an older synthquant"}))
+    assert runner.drop_unreadable_results(work, ["sub_02_wf"]) == []  # another session's: not read
+    assert runner.drop_unreadable_results(work, ["sub_01_wf"]) == [stale]
     assert not stale.exists() and fresh.exists()
-    assert json.loads((work / runner.CODE_STAMP).read_text()) == {"code": runner.code_stamp()}
+    assert json.loads((session / runner.CODE_STAMP).read_text()) == {"code": runner.code_stamp()}
 
 
 # --- SIGKILL and restart ----------------------------------------------------------------------------
