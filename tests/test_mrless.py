@@ -158,7 +158,8 @@ def test_grid_note_flags_only_far_grids():
 @pytest.mark.skipif(not (BUNDLED_MODELS_DIR / f"{MR_FROM_FBP}.safetensors").exists(),
                     reason="demo weights not bundled")
 def test_pet_only_subject_runs_synthmr_with_demo_weights(pet_only_bids, tmp_path, capsys):
-    status, stderr = _run(capsys, pet_only_bids, tmp_path)  # default methods: synthmr (no T1w)
+    # sub-01 only (the assertions' subject; the suite's 20-min budget). Default methods: synthmr (no T1w).
+    status, stderr = _run(capsys, pet_only_bids, tmp_path, "--participant-label", "01")
     assert status == 0, stderr
     assert "demo weights trained on synthetic phantoms only" in stderr
     out = tmp_path / "out"
@@ -193,7 +194,7 @@ def test_template_methods_need_templates(pet_only_bids, tmp_path, capsys):
 
 def test_pet_template_methods_end_to_end(pet_only_bids, pet_templates, tmp_path, capsys):
     status, stderr = _run(capsys, pet_only_bids, tmp_path, "--methods", "pettemplate", "multiatlas", "petseg",
-                          "--pet-templates", str(pet_templates), "--nprocs", "2")
+                          "--pet-templates", str(pet_templates), "--nprocs", "2", "--participant-label", "01")
     assert status == 0, stderr
     out = tmp_path / "out"
     tables = {m: pd.read_csv(next(out.rglob(f"sub-01_*_seg-AAL2_desc-{m}_suvr.tsv")), sep="\t").set_index("region")
