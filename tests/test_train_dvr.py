@@ -4,6 +4,7 @@ and the ``train dvr-from-mri`` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -235,6 +236,21 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(cohort, tmp_path, 
                           resume=True, progress=False)
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def test_a_new_refiner_recipe_reuses_the_trained_sketcher(cohort, tmp_path, capsys):
+    """Refiner-only settings leave the Sketcher checkpoint valid; a Sketcher setting does not."""
+    first = DVRTrainingSettings(variant="sketcher_refiner", sketcher_steps=3, refiner_steps=2, **FAST)
+    train_model(cohort[:2], first, checkpoint_dir=tmp_path, progress=False)
+    capsys.readouterr()
+    refined = train_model(cohort[:2], dataclasses.replace(first, refiner_steps=3, lambda_refiner=50.0),
+                          checkpoint_dir=tmp_path, resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert "sketcher: resuming at step 3" in out
+    assert "refiner: checkpoint settings differ" in out and refined.stages["refiner"]["steps"] == 3
+    train_model(cohort[:2], dataclasses.replace(first, sketcher_lr=5e-4), checkpoint_dir=tmp_path, resume=True,
+                progress=False)
+    assert "sketcher: checkpoint settings differ" in capsys.readouterr().out
 
 
 def test_time_limit_stops_early(cohort):

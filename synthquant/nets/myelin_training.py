@@ -108,6 +108,9 @@ STAGES = ("sketcher", "refiner")
 DISCREPANCY_ROIS = ("wm_control", "nawm", "lesion")
 
 _STATE_FORMAT = "synthquant-dvr-training-state"
+#: Settings only the Refiner stage reads: a finished Sketcher checkpoint stays valid when they
+#: change, so a Refiner recipe can be tried on trained Sketchers (benchmarks/myelin_validation.py).
+REFINER_ONLY_SETTINGS = ("refiner_steps", "refiner_lr", "lambda_refiner", "residual_refiner")
 
 
 def say(message: str) -> None:
@@ -393,6 +396,22 @@ def _to_device(array: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
 
 
+def same_training_run(stored, current: dict) -> bool:
+    """Whether a checkpoint's fingerprint belongs to this stage of this run: equal, except that
+    a Sketcher stage ignores :data:`REFINER_ONLY_SETTINGS`."""
+    if not isinstance(stored, dict):
+        return False
+    if current.get("stage") != "sketcher":
+        return stored == current
+
+    def sketcher_view(fingerprint: dict) -> dict:
+        settings = fingerprint.get("settings")
+        if isinstance(settings, dict):
+            settings = {k: v for k, v in settings.items() if k not in REFINER_ONLY_SETTINGS}
+        return {**fingerprint, "settings": settings}
+    return sketcher_view(stored) == sketcher_view(current)
+
+
 def _run_stage(*, stage: str, label: str, run_id: int, subjects, settings: DVRTrainingSettings, steps: int,
                step_fn: Callable, nets: dict, optimizers: dict, device, deadline: float | None,
                checkpoint_stem: Path | None, fingerprint: dict, resume: bool, checkpoint_every: int,
@@ -403,7 +422,7 @@ def _run_stage(*, stage: str, label: str, run_id: int, subjects, settings: DVRTr
     step, seconds_before, losses = 0, 0.0, []
     if resume and checkpoint_stem is not None and checkpoint_stem.with_suffix(".json").is_file():
         meta = json.loads(checkpoint_stem.with_suffix(".json").read_text())
-        if meta.get("fingerprint") == fingerprint:
+        if same_training_run(meta.get("fingerprint"), fingerprint):
             meta = _load_state(checkpoint_stem, nets, optimizers)
             step, seconds_before, losses = int(meta["step"]), float(meta["seconds"]), meta["losses"]
             say(f"{label} {stage}: resuming at step {step} from {checkpoint_stem}.safetensors")
