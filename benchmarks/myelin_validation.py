@@ -87,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--refiner-from-scratch", action="store_true",
                         help="Wei's Refiner (its output is the DVR, trained from scratch) instead of ours "
                              "(sketch + a learnt correction, starting at the sketch)")
+    parser.add_argument("--refiner-lesion-crop-fraction", type=float, default=None,
+                        help="share of the Refiner's crops centred on a lesion voxel (default: the training default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--omp-nthreads", type=int, default=1)
     parser.add_argument("--tag", default=time.strftime("%Y-%m-%d"), help="prefix of the files in results/")
@@ -281,13 +283,15 @@ def main(argv=None) -> int:
            + ", ".join(f"{p.key} {int(p.lesion.sum())}" for p in pairs if p.lesion.any()))
 
     settings = {variant: DVRTrainingSettings(variant=variant, sketcher_steps=args.steps, refiner_steps=args.steps,
-                                             seed=args.seed, residual_refiner=not args.refiner_from_scratch)
+                                             seed=args.seed, residual_refiner=not args.refiner_from_scratch,
+                                             **({} if args.refiner_lesion_crop_fraction is None else
+                                                {"refiner_lesion_crop_fraction": args.refiner_lesion_crop_fraction}))
                 for variant in ("unet_l1", "sketcher_refiner")}
     base = settings["sketcher_refiner"]
     report(f"settings: {args.folds}-fold CV by subject (seed {args.seed}); {args.steps} steps per network "
            f"(U-Net; Sketcher; Refiner), batch {base.batch_size} crops of {'x'.join(map(str, base.crop))}, "
            f"{base.base_features} base features, {base.levels} levels, lesion-centred crops "
-           f"{base.lesion_crop_fraction:.0%}, Adam {base.sketcher_lr:g} (U-Net, Sketcher) / {base.refiner_lr:g} "
+           f"{base.lesion_crop_fraction:.0%} (Sketcher, U-Net) / {base.refiner_lesion_crop_fraction:.0%} (Refiner), Adam {base.sketcher_lr:g} (U-Net, Sketcher) / {base.refiner_lr:g} "
            f"(Refiner), λS=λR={base.lambda_sketcher:g}; Refiner "
            + ("residual (sketch + correction, started at the sketch)" if base.residual_refiner
               else "from scratch (Wei)") + "; same crops for every variant of a fold")

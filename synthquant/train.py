@@ -115,7 +115,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     dvr.add_argument("--lambda-sketcher", type=float, default=None, help="λS of Wei eq. 6 (default: pix2pix's 100)")
     dvr.add_argument("--lambda-refiner", type=float, default=None, help="λR of Wei eq. 6 (default: pix2pix's 100)")
     dvr.add_argument("--lesion-crop-fraction", type=float, default=None,
-                     help="share of the crops of subjects with lesions centred on a lesion voxel (default 0.5)")
+                     help="share of the Sketcher's crops of subjects with lesions centred on a lesion voxel "
+                          "(default 0.5)")
+    dvr.add_argument("--refiner-lesion-crop-fraction", type=float, default=None,
+                     help="the same for the Refiner's crops (default 0: brain-centred, see the docs)")
     dvr.add_argument("--refiner-from-scratch", action="store_true",
                      help="Wei's Refiner, whose output is the DVR itself, trained from scratch (default: ours, "
                           "sketch + a learnt correction, starting at the sketch)")
@@ -152,6 +155,7 @@ def dvr_settings(args):
               "seed": args.seed, "sketcher_lr": args.sketcher_lr, "refiner_lr": args.refiner_lr,
               "lambda_sketcher": args.lambda_sketcher, "lambda_refiner": args.lambda_refiner,
               "lesion_crop_fraction": args.lesion_crop_fraction,
+              "refiner_lesion_crop_fraction": args.refiner_lesion_crop_fraction,
               "residual_refiner": False if args.refiner_from_scratch else None}
     if args.crop is not None:
         if len(args.crop) not in (1, 3):

@@ -14,7 +14,12 @@ Recipe (Wei §3.1 "Training details", our choices marked):
 - **Crops** (ours; Wei trained on whole 128x160x128 images on two GPUs). Random crops whose
   sides are multiples of 32, the patch discriminator's patch (:data:`PATCH_SIZE`). A crop is
   centred on a random brain voxel, or, with probability ``lesion_crop_fraction`` for a subject
-  with lesions, on a random lesion voxel, so the few lesion voxels are seen often. The draw is a
+  with lesions, on a random lesion voxel, so the few lesion voxels are seen often. That holds
+  for the Sketcher; the Refiner's crops are centred on brain voxels only by default
+  (``refiner_lesion_crop_fraction`` 0): its eq. 5 weights already give a crop's lesion voxels
+  a third of the loss, and lesion-centred crops make BatchNorm's running statistics those of
+  lesion-rich tissue, which at whole-volume inference biased the WM by -0.03 DVR
+  (benchmarks/results/2026-11-23-s5_myelin_validation.txt). The draw is a
   function of (seed, run, stage, step) only, so a resumed run draws the same crops.
 - **Stages** (Wei §3.1): the Sketcher (G_S, D_S) first, adversarial + λS L1 (eq. 4), Adam 1e-4;
   then the Refiner (G_R, D_R) with the Sketcher frozen, adversarial + λR weighted L1 (eq. 5,
@@ -99,8 +104,9 @@ VOXEL_MM = (2.0, 2.0, 2.0)
 DEFAULT_CROP = (32, 32, 32)
 DEFAULT_BASE_FEATURES = 16
 DEFAULT_BATCH_SIZE = 2
-#: Share of crops centred on a lesion voxel, for subjects with lesions (ours).
+#: Share of crops centred on a lesion voxel, for subjects with lesions (ours): Sketcher, Refiner.
 LESION_CROP_FRACTION = 0.5
+REFINER_LESION_CROP_FRACTION = 0.0
 #: Loss columns written per step.
 LOSS_COLUMNS = ("d", "g", "g_adversarial", "g_l1")
 STAGES = ("sketcher", "refiner")
@@ -110,7 +116,8 @@ DISCREPANCY_ROIS = ("wm_control", "nawm", "lesion")
 _STATE_FORMAT = "synthquant-dvr-training-state"
 #: Settings only the Refiner stage reads: a finished Sketcher checkpoint stays valid when they
 #: change, so a Refiner recipe can be tried on trained Sketchers (benchmarks/myelin_validation.py).
-REFINER_ONLY_SETTINGS = ("refiner_steps", "refiner_lr", "lambda_refiner", "residual_refiner")
+REFINER_ONLY_SETTINGS = ("refiner_steps", "refiner_lr", "lambda_refiner", "residual_refiner",
+                         "refiner_lesion_crop_fraction")
 
 
 def say(message: str) -> None:
@@ -146,6 +153,7 @@ class DVRTrainingSettings:
     lambda_sketcher: float = LAMBDA_SKETCHER
     lambda_refiner: float = LAMBDA_REFINER
     lesion_crop_fraction: float = LESION_CROP_FRACTION
+    refiner_lesion_crop_fraction: float = REFINER_LESION_CROP_FRACTION
     discriminator_features: int = 0  # 0: the generators' base_features
     #: The Refiner outputs sketch + correction, started at the sketch (ours; Refiner3D).
     residual_refiner: bool = True
@@ -170,13 +178,17 @@ class DVRTrainingSettings:
             problems.append(f"levels must be at most 5, got {self.levels}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must lie in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.lesion_crop_fraction <= 1.0:
-            problems.append(f"lesion_crop_fraction must lie in [0, 1], got {self.lesion_crop_fraction}")
+        for name in ("lesion_crop_fraction", "refiner_lesion_crop_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not (self.sketcher_lr > 0 and self.refiner_lr > 0 and self.lambda_sketcher >= 0
                 and self.lambda_refiner >= 0):
             problems.append("learning rates must be positive and the λs non-negative")
         if problems:
             raise InputError(None, "; ".join(problems))
+
+    def crop_lesion_fraction(self, stage: str) -> float:
+        return self.refiner_lesion_crop_fraction if stage == "refiner" else self.lesion_crop_fraction
 
     def stage_steps(self) -> dict[str, int]:
         return {"sketcher": self.sketcher_steps,
@@ -263,14 +275,15 @@ def draw_batch(subjects: Sequence[_Prepared], settings: DVRTrainingSettings, run
 
     A function of (seed, run, stage, step) only. Subjects are drawn uniformly; the crop is centred
     (jittered by up to a quarter crop) on a brain voxel, or on a lesion voxel with probability
-    ``lesion_crop_fraction`` when the subject has lesions; it is then moved inside the volume.
+    ``settings.crop_lesion_fraction(stage)`` when the subject has lesions; it is then moved
+    inside the volume.
     """
     rng = np.random.default_rng([settings.seed, run_id, STAGES.index(stage), step])
     crop = np.asarray(settings.crop)
     mr, target, weights = [], [], []
     for _ in range(settings.batch_size):
         subject = subjects[int(rng.integers(len(subjects)))]
-        on_lesion = len(subject.lesion_voxels) > 0 and rng.random() < settings.lesion_crop_fraction
+        on_lesion = len(subject.lesion_voxels) > 0 and rng.random() < settings.crop_lesion_fraction(stage)
         voxels = subject.lesion_voxels if on_lesion else subject.brain_voxels
         centre = voxels[int(rng.integers(len(voxels)))] + rng.integers(-(crop // 4), crop // 4 + 1)
         start = np.clip(centre - crop // 2, 0, np.asarray(subject.brain.shape) - crop)
@@ -762,8 +775,9 @@ def train_dvr_from_mri(pairs: Sequence[MyelinPair], out_dir: str | Path, *,
             "refused": dict(refused or {}),
             "stages": final.stages, "crop": list(settings.crop), "batch_size": settings.batch_size,
             "crop_sampling": "centred on a random brain voxel, or on a random lesion voxel for "
-                             f"{settings.lesion_crop_fraction:.0%} of the crops of subjects with lesions, "
-                             "jittered by up to a quarter crop",
+                             f"{settings.lesion_crop_fraction:.0%} (Sketcher) and "
+                             f"{settings.refiner_lesion_crop_fraction:.0%} (Refiner) of the crops of subjects "
+                             "with lesions, jittered by up to a quarter crop",
             "region_weights": "Wei eq. 5 per crop: 1/N_lesion, 1/N_NAWM, 1/N_other brain voxels",
             "adam_betas": list(ADAM_BETAS), "discriminator": final.discriminator,
             "settings": settings.as_dict(), "seed": settings.seed,
