@@ -51,7 +51,7 @@ DEMO_ARCHITECTURE = {"base_features": 16, "depth": 6}
 MODELS = ("mr_from_fbp", "dvr_from_mri")
 #: The dvr_from_mri phantom cohort (seed, size); the demo's own cohort uses another seed.
 DVR_COHORT = {"n_subjects": 15, "preset": "demo", "seed": 2026}
-DVR_VALIDATION = REPO / "benchmarks" / "results" / "2026-11-23-s4_myelin_validation.json"
+DVR_VALIDATION = REPO / "benchmarks" / "results" / "2026-11-23-s5_myelin_validation.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -128,8 +128,8 @@ def _validation_summary() -> dict | None:
                 "demyelination_dice": stat(lambda s: s["variants"][name]["dice"])}
 
     return {"source": str(DVR_VALIDATION.relative_to(REPO)),
-            "note": "k-fold cross-validation by subject of the same recipe and cohort, with fewer steps per network "
-                    "than this model (see settings); DVR units in each held-out subject's brain; Dice of the "
+            "note": "k-fold cross-validation by subject of the same recipe and cohort (steps per network "
+                    "in settings); DVR units in each held-out subject's brain; Dice of the "
                     "demyelinated lesion voxels (template space, HC WM norm mean - 2 SD from the training folds' "
                     "controls' true DVR) of true vs predicted DVR",
             "settings": results["settings"], "sketcher_refiner": variant("sketcher_refiner"),
