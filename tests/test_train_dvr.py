@@ -123,6 +123,30 @@ def test_crops_are_reproducible_and_find_lesions(cohort):
         assert crop_weights.sum() == pytest.approx(len(levels), rel=1e-4) and len(levels) == 3
 
 
+def test_refiner_crops_follow_their_own_lesion_fraction():
+    """One 96^3 brain with a small lesion in a corner: lesion-centred crops always hold it,
+    brain-centred crops mostly miss it; the Sketcher's crops ignore the Refiner's fraction."""
+    shape = (96, 96, 96)
+    brain = np.ones(shape, bool)
+    lesion = np.zeros(shape, bool)
+    lesion[4:8, 4:8, 4:8] = True
+    subject = myelin_training._Prepared("sub-01", np.zeros((4, *shape), np.float32), np.zeros(shape, np.float32),
+                                        brain, lesion, brain & ~lesion, np.argwhere(brain), np.argwhere(lesion))
+    lesion_heavy = DVRTrainingSettings(batch_size=4, lesion_crop_fraction=1.0, refiner_lesion_crop_fraction=1.0)
+    brain_only = dataclasses.replace(lesion_heavy, refiner_lesion_crop_fraction=0.0)
+
+    def share_with_lesion(settings, stage):
+        hits = [bool(np.any(crop > 1.0 / 32**3 * 2)) for step in range(25)
+                for crop in draw_batch([subject], settings, 1, stage, step)[2]]
+        return np.mean(hits)  # a crop holding lesion voxels has the lesion's weight 1/N_les
+
+    assert share_with_lesion(lesion_heavy, "refiner") == 1.0
+    assert share_with_lesion(brain_only, "refiner") < 0.3
+    assert share_with_lesion(brain_only, "sketcher") == 1.0
+    with pytest.raises(InputError, match="refiner_lesion_crop_fraction"):
+        DVRTrainingSettings(refiner_lesion_crop_fraction=1.5).check()
+
+
 def test_folds_spread_groups_and_keep_sessions_together(cohort):
     sessions = cohort + [synthetic_pair(1, patient=False, key="sub-01_ses-2")]  # group as recorded
     folds = subject_folds(sessions, 3, seed=0)
