@@ -291,7 +291,8 @@ def main(argv=None) -> int:
     report(f"settings: {args.folds}-fold CV by subject (seed {args.seed}); {args.steps} steps per network "
            f"(U-Net; Sketcher; Refiner), batch {base.batch_size} crops of {'x'.join(map(str, base.crop))}, "
            f"{base.base_features} base features, {base.levels} levels, lesion-centred crops "
-           f"{base.lesion_crop_fraction:.0%} (Sketcher, U-Net) / {base.refiner_lesion_crop_fraction:.0%} (Refiner), Adam {base.sketcher_lr:g} (U-Net, Sketcher) / {base.refiner_lr:g} "
+           f"{base.lesion_crop_fraction:.0%} (Sketcher, U-Net) / {base.refiner_lesion_crop_fraction:.0%} (Refiner), "
+           f"Adam {base.sketcher_lr:g} (U-Net, Sketcher) / {base.refiner_lr:g} "
            f"(Refiner), λS=λR={base.lambda_sketcher:g}; Refiner "
            + ("residual (sketch + correction, started at the sketch)" if base.residual_refiner
               else "from scratch (Wei)") + "; same crops for every variant of a fold")
