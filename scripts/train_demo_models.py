@@ -30,17 +30,18 @@ over the three sites, seed 2026 (the ``--demo`` run uses another seed's cohort, 
 never predicts a subject it was trained on). Every subject trains the final model: the held-out
 numbers come from the cross-validation of the same recipe (800 steps per network, residual
 Refiner) in ``benchmarks/myelin_validation.py``
-(``benchmarks/results/2026-11-23-s4_myelin_validation.*``: MSE 0.0074, demyelination Dice 0.86,
-lesion discrepancy 0.024), which the install step records in the card. The network is the
+(``benchmarks/results/2026-11-23-s5_myelin_validation.*``: MSE 0.0066, demyelination Dice 0.83,
+lesion discrepancy 0.031), which the install step records in the card. The network is the
 default Sketcher-Refiner (3D U-Nets of 16 base features, 3 levels, 1.75 M parameters each;
-32^3 crops, batch 2; the Refiner outputs sketch + correction), the recipe of ``run_workflow.py
+32^3 crops, batch 2, half of the Sketcher's crops of patients and none of the Refiner's
+centred on lesions; the Refiner outputs sketch + correction), the recipe of ``run_workflow.py
 train dvr-from-mri BIDS --out DIR -w ROOT --float16 --sketcher-steps 800 --refiner-steps 800``;
 the weights are stored in float16 (7.0 MB; 14 MB in float32; predictions differ by at most
 0.001 DVR). The pairs are prepared under ``ROOT/dvr_from_mri_pairs`` (ANTs, about 1 minute per
 subject on 1 thread) and reused; their cache records absolute paths, so prepare them there
-rather than moving them. On 2026-11-23 the training took 10.5 minutes with the pairs prepared
-(Sketcher 0.35 s/step, Refiner 0.43 s/step on 1 thread of a 2-core CPU shared with another
-job). ``--minutes`` is a safety limit: the run stops there with what it has, and the card's
+rather than moving them. On 2026-11-23 the training took 10.6 minutes with the pairs prepared
+(Sketcher 0.35 s/step, Refiner 0.45 s/step on 1 thread of a 2-core CPU shared with another
+job; session 5 retrained only the Refiner, on session 4's finished Sketcher checkpoint). ``--minutes`` is a safety limit: the run stops there with what it has, and the card's
 ``stages`` say so (``stopped_by``); this run stopped by steps. A rerun with ``--install``
 resumes from the finished checkpoints and only installs.
 """
