@@ -80,6 +80,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, required=True, help="holds dvr_from_mri_pairs/ (train's -w)")
     parser.add_argument("--out", type=Path, required=True, help="scratch: checkpoints, template-space maps")
     parser.add_argument("--participant-label", nargs="+", default=[], metavar="L", help="default: all subjects")
+    parser.add_argument("--test-bids", type=Path, default=None,
+                        help="a second phantom cohort (another seed), never trained on: its subjects are added to "
+                             "the held-out ones, each predicted by one fold's models (round robin), so the goals "
+                             "rest on more patients")
+    parser.add_argument("--test-work", type=Path, default=None,
+                        help="holds the test cohort's dvr_from_mri_pairs/ (default: OUT/test_cohort)")
     parser.add_argument("--folds", type=int, default=3, help="Wei: 3")
     parser.add_argument("--steps", type=int, default=300,
                         help="steps of every network: the U-Net, the Sketcher and the Refiner each")
@@ -89,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(sketch + a learnt correction, starting at the sketch)")
     parser.add_argument("--refiner-lesion-crop-fraction", type=float, default=None,
                         help="share of the Refiner's crops centred on a lesion voxel (default: the training default)")
+    parser.add_argument("--refiner-lesion-weight", type=float, default=None,
+                        help="weight of the lesion class in the Refiner's eq. 5 loss (default: the training default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--omp-nthreads", type=int, default=1)
     parser.add_argument("--tag", default=time.strftime("%Y-%m-%d"), help="prefix of the files in results/")
@@ -112,6 +120,16 @@ def mean_sd(values) -> tuple[float, float, int]:
     if values.size == 0:
         return math.nan, math.nan, 0
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan, int(values.size)
+
+
+def confidence_interval(values, level: float = 0.95) -> str:
+    """``[low, high]`` of the mean, from the subjects' spread (t distribution)."""
+    mean, sd, n = mean_sd(values)
+    if n < 2:
+        return "[n/a]"
+    from scipy import stats  # noqa: PLC0415 - as main() imports it: scipy only when the benchmark runs
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return f"[{mean - half:.3f}, {mean + half:.3f}]"
 
 
 def cell(values, digits: int = 4) -> str:
@@ -150,11 +168,12 @@ def subject_metrics(pair, predicted: np.ndarray, baseline_mean: float) -> dict:
 class TemplateMaps:
     """Grid maps of the training pairs carried into template space (cached NIfTIs)."""
 
-    def __init__(self, pairs_dir: Path, out_dir: Path):
-        self.pairs_dir, self.out_dir = pairs_dir, out_dir
+    def __init__(self, pairs_dir: Path, out_dir: Path, prefix: str = ""):
+        # prefix: what the benchmark put before the pair cache's subject keys (the test cohort's "test-")
+        self.pairs_dir, self.out_dir, self.prefix = pairs_dir, out_dir, prefix
 
     def transforms(self, key: str):
-        subject = self.pairs_dir / key
+        subject = self.pairs_dir / key.removeprefix(self.prefix)
         forward = [subject / "normalize" / "norm_1Warp.nii.gz", subject / "normalize" / "norm_0GenericAffine.mat"]
         grid_to_t1w = subject / "pib_0GenericAffine.mat"
         missing = [p for p in (*forward, grid_to_t1w) if not p.is_file()]
@@ -282,16 +301,19 @@ def main(argv=None) -> int:
     report(f"grids (2 mm): {', '.join(shapes)}; lesion voxels per patient: "
            + ", ".join(f"{p.key} {int(p.lesion.sum())}" for p in pairs if p.lesion.any()))
 
+    refiner_recipe = {name: value for name, value in (("refiner_lesion_crop_fraction", args.refiner_lesion_crop_fraction),
+                                                      ("refiner_lesion_weight", args.refiner_lesion_weight))
+                      if value is not None}
     settings = {variant: DVRTrainingSettings(variant=variant, sketcher_steps=args.steps, refiner_steps=args.steps,
                                              seed=args.seed, residual_refiner=not args.refiner_from_scratch,
-                                             **({} if args.refiner_lesion_crop_fraction is None else
-                                                {"refiner_lesion_crop_fraction": args.refiner_lesion_crop_fraction}))
+                                             **refiner_recipe)
                 for variant in ("unet_l1", "sketcher_refiner")}
     base = settings["sketcher_refiner"]
     report(f"settings: {args.folds}-fold CV by subject (seed {args.seed}); {args.steps} steps per network "
            f"(U-Net; Sketcher; Refiner), batch {base.batch_size} crops of {'x'.join(map(str, base.crop))}, "
            f"{base.base_features} base features, {base.levels} levels, lesion-centred crops "
            f"{base.lesion_crop_fraction:.0%} (Sketcher, U-Net) / {base.refiner_lesion_crop_fraction:.0%} (Refiner), "
+           f"Refiner eq. 5 lesion weight {base.refiner_lesion_weight:g}, "
            f"Adam {base.sketcher_lr:g} (U-Net, Sketcher) / {base.refiner_lr:g} "
            f"(Refiner), λS=λR={base.lambda_sketcher:g}; Refiner "
            + ("residual (sketch + correction, started at the sketch)" if base.residual_refiner
@@ -303,12 +325,28 @@ def main(argv=None) -> int:
 
     folds = subject_folds(pairs, args.folds, args.seed)
     template = TemplateMaps(pairs_dir, args.out / "template")
+    templates = dict.fromkeys((p.key for p in pairs), template)
+    # An independent cohort: its subjects join the held-out sets round robin, named "test-<key>".
+    external: list[list] = [[] for _ in folds]
+    if args.test_bids is not None:
+        t0 = time.perf_counter()
+        test_pairs_dir = (args.test_work or args.out / "test_cohort") / "dvr_from_mri_pairs"
+        test_cohort, test_refused = training_pairs(args.test_bids, test_pairs_dir, omp_nthreads=args.omp_nthreads,
+                                                   progress=False)
+        for key, reason in test_refused.items():
+            report(f"refused test {key}: {reason}")
+        test_template = TemplateMaps(test_pairs_dir, args.out / "template_test", prefix="test-")
+        for position, pair in enumerate(sorted(test_cohort, key=lambda p: p.key)):
+            external[position % len(folds)].append(pair._replace(key=f"test-{pair.key}"))
+            templates[f"test-{pair.key}"] = test_template
+        report(f"{len(test_cohort)} test pairs from {args.test_bids} ({time.perf_counter() - t0:.0f} s), "
+               f"never trained on: " + ", ".join(f"{p.key} {p.group}" for fold in external for p in fold))
     per_subject: dict[str, dict] = {}
     fold_info, train_seconds, predict_seconds, template_seconds = [], 0.0, 0.0, 0.0
     for index, held in enumerate(folds):
         label = f"fold-{index + 1}"
         train_pairs = [p for p in pairs if subject_of(p.key) not in held]
-        test_pairs = [p for p in pairs if subject_of(p.key) in held]
+        test_pairs = [p for p in pairs if subject_of(p.key) in held] + external[index]
         trained, stage_info = {}, {}
         for variant, variant_settings in settings.items():
             t0 = time.perf_counter()
@@ -349,15 +387,16 @@ def main(argv=None) -> int:
             lesion = np.asarray(pair.lesion, bool) & brain
             if lesion.any():
                 t0 = time.perf_counter()
-                lesion_tpl = template.map(pair, lesion, "lesion") >= MASK_THRESHOLD
-                true_mask = demyelinated_voxels(template.map(pair, pair.dvr, "dvr_true"), lesion_tpl,
+                pair_template = templates[pair.key]
+                lesion_tpl = pair_template.map(pair, lesion, "lesion") >= MASK_THRESHOLD
+                true_mask = demyelinated_voxels(pair_template.map(pair, pair.dvr, "dvr_true"), lesion_tpl,
                                                 norm_tpl.mean, norm_tpl.sd, k=args.k)
                 true_scalar = lesion & (pair.dvr < scalar_threshold)
                 entry["lesion_voxels_template"] = int(lesion_tpl.sum())
                 entry["true_demyelinated_pct"] = 100.0 * true_mask.sum() / max(1, lesion_tpl.sum())
                 entry["true_demyelinated_pct_scalar"] = 100.0 * true_scalar.sum() / lesion.sum()
                 for variant, predicted in predictions.items():
-                    pred_tpl = template.map(pair, predicted, f"dvr_{variant}_{label}", cache=False)
+                    pred_tpl = pair_template.map(pair, predicted, f"dvr_{variant}_{label}", cache=False)
                     pred_mask = demyelinated_voxels(pred_tpl, lesion_tpl, norm_tpl.mean, norm_tpl.sd, k=args.k)
                     pred_scalar = lesion & (predicted < scalar_threshold)
                     entry["variants"][variant].update({
@@ -451,13 +490,25 @@ def main(argv=None) -> int:
     report()
     report("Goals (Wei 2019's results) and this run:")
     sr, sk = "sketcher_refiner", "sketcher"
-    lesion_disc = mean_sd(values(sr, lambda x: x["discrepancy"]["lesion"]))[0]
-    sr_dice = mean_sd([s["variants"][sr]["dice"] for s in patients])[0]
-    report(f"  lesion discrepancy <= {GOAL_LESION_DISCREPANCY} (Sketcher-Refiner): {lesion_disc:.4f} -> "
-           f"{'MET' if lesion_disc <= GOAL_LESION_DISCREPANCY else 'NOT MET'}")
-    report(f"  Dice >= {GOAL_DICE} (Sketcher-Refiner, primary rule): {sr_dice:.3f} -> "
+    lesion_discs = values(sr, lambda x: x["discrepancy"]["lesion"])
+    lesion_disc = mean_sd(lesion_discs)[0]
+    sr_dices = [s["variants"][sr]["dice"] for s in patients]
+    sr_dice = mean_sd(sr_dices)[0]
+    report(f"  lesion discrepancy <= {GOAL_LESION_DISCREPANCY} (Sketcher-Refiner): {lesion_disc:.4f} "
+           f"{confidence_interval(lesion_discs)} -> {'MET' if lesion_disc <= GOAL_LESION_DISCREPANCY else 'NOT MET'}")
+    report(f"  Dice >= {GOAL_DICE} (Sketcher-Refiner, primary rule): {sr_dice:.3f} {confidence_interval(sr_dices)} -> "
            f"{'MET' if sr_dice >= GOAL_DICE else 'NOT MET'} (calling every lesion voxel demyelinated: "
            f"{mean_sd(trivial)[0]:.3f})")
+    report("  (95 % CI: the patients' spread, t distribution; a goal inside the interval is not resolved by "
+           "this cohort's size)")
+    if args.test_bids is not None:
+        for name, chosen in (("cross-validated cohort", lambda key: not key.startswith("test-")),
+                             ("test cohort", lambda key: key.startswith("test-"))):
+            part = [s for key, s in per_subject.items() if chosen(key) and "true_demyelinated_pct" in s]
+            discs = [s["variants"][sr]["discrepancy"]["lesion"] for s in part]
+            dices = [s["variants"][sr]["dice"] for s in part]
+            report(f"    {name} alone ({len(part)} patients): lesion discrepancy {mean_sd(discs)[0]:.4f} "
+                   f"{confidence_interval(discs)}, Dice {mean_sd(dices)[0]:.3f} {confidence_interval(dices)}")
     comparisons = []
     for name, getter, better in (("MSE", lambda x: x["mse"], "lower"), ("PSNR", lambda x: x["psnr"], "higher"),
                                  *((f"discrepancy {ROI_LABEL[r]}", (lambda x, r=r: x["discrepancy"][r]), "lower")

@@ -108,14 +108,18 @@ def crash_reasons(work_dir: Path, since: float, names: dict[str, str]) -> dict[s
     return reasons
 
 
+def sink_nodes(workflow) -> list:
+    """The graph's derivatives sinks (nodes named ``ds_*``), through Nipype's public API."""
+    return [workflow.get_node(name) for name in workflow.list_node_names()
+            if name.rsplit(".", 1)[-1].startswith("ds_")]
+
+
 def expected_outputs(workflow, names: dict[str, str]) -> dict[str, list[Path]]:
     """Session key -> the derivative files its sinks must write."""
     from synthquant.bids import derivative_path  # noqa: PLC0415
 
     expected: dict[str, list[Path]] = {key: [] for key in names.values()}
-    for node in workflow._get_all_nodes():
-        if not node.name.startswith("ds_"):
-            continue
+    for node in sink_nodes(workflow):
         key = next((names[p] for p in node.fullname.split(".") if p in names), None)
         for spec in node.inputs.specs:
             if "path" in spec:
@@ -128,7 +132,7 @@ def expected_outputs(workflow, names: dict[str, str]) -> dict[str, list[Path]]:
 
 def output_dirs(workflow) -> list[Path]:
     """The derivatives folders the graph's sinks write to."""
-    return sorted({Path(node.inputs.output_dir) for node in workflow._get_all_nodes() if node.name.startswith("ds_")})
+    return sorted({Path(node.inputs.output_dir) for node in sink_nodes(workflow)})
 
 
 #: The temporary names of synthquant.image.atomic_output: ``.<name>.<pid>.tmp<suffix>``.

@@ -119,6 +119,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                           "(default 0.5)")
     dvr.add_argument("--refiner-lesion-crop-fraction", type=float, default=None,
                      help="the same for the Refiner's crops (default 0: brain-centred, see the docs)")
+    dvr.add_argument("--refiner-lesion-weight", type=float, default=None,
+                     help="total weight of a crop's lesion voxels in the Refiner's eq. 5 loss, NAWM and the "
+                          "rest weighing 1 (default: see the docs; 1 is Wei's eq. 5)")
     dvr.add_argument("--refiner-from-scratch", action="store_true",
                      help="Wei's Refiner, whose output is the DVR itself, trained from scratch (default: ours, "
                           "sketch + a learnt correction, starting at the sketch)")
@@ -156,6 +159,7 @@ def dvr_settings(args):
               "lambda_sketcher": args.lambda_sketcher, "lambda_refiner": args.lambda_refiner,
               "lesion_crop_fraction": args.lesion_crop_fraction,
               "refiner_lesion_crop_fraction": args.refiner_lesion_crop_fraction,
+              "refiner_lesion_weight": args.refiner_lesion_weight,
               "residual_refiner": False if args.refiner_from_scratch else None}
     if args.crop is not None:
         if len(args.crop) not in (1, 3):

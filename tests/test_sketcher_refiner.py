@@ -154,6 +154,10 @@ def test_region_weights_sum_to_one_per_class():
     assert (restricted[~brain] == 0).all()
     assert restricted[brain & ~lesion & ~nawm].sum() == pytest.approx(1.0, rel=1e-5)
 
+    heavier = region_weights(lesion, nawm, lesion_weight=3.0)  # only the lesion class changes
+    assert heavier[lesion].sum() == pytest.approx(3.0, rel=1e-5)
+    np.testing.assert_array_equal(heavier[~lesion], weights[~lesion])
+
 
 def test_weighted_l1_matches_eq5_in_numpy():
     rng = np.random.default_rng(1)

@@ -146,6 +146,14 @@ def test_refiner_crops_follow_their_own_lesion_fraction():
     with pytest.raises(InputError, match="refiner_lesion_crop_fraction"):
         DVRTrainingSettings(refiner_lesion_crop_fraction=1.5).check()
 
+    # The lesion class of every crop holding the lesion sums to refiner_lesion_weight.
+    heavier = dataclasses.replace(lesion_heavy, refiner_lesion_weight=2.5)
+    for crop in draw_batch([subject], heavier, 1, "refiner", 0)[2]:
+        crop_lesion = crop[0] > 1.0 / 32**3 * 2
+        assert crop[0][crop_lesion].sum() == pytest.approx(2.5, rel=1e-4)
+    with pytest.raises(InputError, match="lesion weight"):
+        DVRTrainingSettings(refiner_lesion_weight=0.0).check()
+
 
 def test_folds_spread_groups_and_keep_sessions_together(cohort):
     sessions = cohort + [synthetic_pair(1, patient=False, key="sub-01_ses-2")]  # group as recorded

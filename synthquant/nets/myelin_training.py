@@ -107,6 +107,8 @@ DEFAULT_BATCH_SIZE = 2
 #: Share of crops centred on a lesion voxel, for subjects with lesions (ours): Sketcher, Refiner.
 LESION_CROP_FRACTION = 0.5
 REFINER_LESION_CROP_FRACTION = 0.0
+#: Total weight of a crop's lesion voxels in the Refiner's eq. 5 loss (NAWM and the rest weigh 1).
+REFINER_LESION_WEIGHT = 1.0
 #: Loss columns written per step.
 LOSS_COLUMNS = ("d", "g", "g_adversarial", "g_l1")
 STAGES = ("sketcher", "refiner")
@@ -117,7 +119,7 @@ _STATE_FORMAT = "synthquant-dvr-training-state"
 #: Settings only the Refiner stage reads: a finished Sketcher checkpoint stays valid when they
 #: change, so a Refiner recipe can be tried on trained Sketchers (benchmarks/myelin_validation.py).
 REFINER_ONLY_SETTINGS = ("refiner_steps", "refiner_lr", "lambda_refiner", "residual_refiner",
-                         "refiner_lesion_crop_fraction")
+                         "refiner_lesion_crop_fraction", "refiner_lesion_weight")
 
 
 def say(message: str) -> None:
@@ -154,6 +156,7 @@ class DVRTrainingSettings:
     lambda_refiner: float = LAMBDA_REFINER
     lesion_crop_fraction: float = LESION_CROP_FRACTION
     refiner_lesion_crop_fraction: float = REFINER_LESION_CROP_FRACTION
+    refiner_lesion_weight: float = REFINER_LESION_WEIGHT
     discriminator_features: int = 0  # 0: the generators' base_features
     #: The Refiner outputs sketch + correction, started at the sketch (ours; Refiner3D).
     residual_refiner: bool = True
@@ -182,8 +185,8 @@ class DVRTrainingSettings:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not (self.sketcher_lr > 0 and self.refiner_lr > 0 and self.lambda_sketcher >= 0
-                and self.lambda_refiner >= 0):
-            problems.append("learning rates must be positive and the λs non-negative")
+                and self.lambda_refiner >= 0 and self.refiner_lesion_weight > 0):
+            problems.append("learning rates and the lesion weight must be positive, the λs non-negative")
         if problems:
             raise InputError(None, "; ".join(problems))
 
@@ -290,8 +293,10 @@ def draw_batch(subjects: Sequence[_Prepared], settings: DVRTrainingSettings, run
         box = tuple(slice(int(s), int(s + c)) for s, c in zip(start, crop))
         mr.append(subject.mr[(slice(None), *box)])
         target.append(subject.target[box][None])
-        # Wei eq. 5 per crop: lesion, NAWM and the rest of the brain each weigh 1 in total.
-        weights.append(region_weights(subject.lesion[box], subject.nawm[box], subject.brain[box])[None])
+        # Wei eq. 5 per crop: lesion, NAWM and the rest of the brain each weigh 1 in total (the
+        # lesion class settings.refiner_lesion_weight; only the Refiner's loss reads the weights).
+        weights.append(region_weights(subject.lesion[box], subject.nawm[box], subject.brain[box],
+                                      lesion_weight=settings.refiner_lesion_weight)[None])
     return np.stack(mr), np.stack(target), np.stack(weights)
 
 
@@ -778,7 +783,8 @@ def train_dvr_from_mri(pairs: Sequence[MyelinPair], out_dir: str | Path, *,
                              f"{settings.lesion_crop_fraction:.0%} (Sketcher) and "
                              f"{settings.refiner_lesion_crop_fraction:.0%} (Refiner) of the crops of subjects "
                              "with lesions, jittered by up to a quarter crop",
-            "region_weights": "Wei eq. 5 per crop: 1/N_lesion, 1/N_NAWM, 1/N_other brain voxels",
+            "region_weights": f"Wei eq. 5 per crop: {settings.refiner_lesion_weight:g}/N_lesion, 1/N_NAWM, "
+                              "1/N_other brain voxels",
             "adam_betas": list(ADAM_BETAS), "discriminator": final.discriminator,
             "settings": settings.as_dict(), "seed": settings.seed,
             "minutes": round(minutes, 2), "device": device_name,

@@ -362,14 +362,15 @@ def count_parameters(net: nn.Module) -> int:
 # ---------------------------------------------------------------------------------- losses
 
 def region_weights(lesion_mask: np.ndarray, nawm_mask: np.ndarray,
-                   brain_mask: np.ndarray | None = None) -> np.ndarray:
+                   brain_mask: np.ndarray | None = None, lesion_weight: float = 1.0) -> np.ndarray:
     """Per-voxel weights of Wei 2019 eq. 5 for one subject: 1/N_Les, 1/N_NAWM, 1/N_other.
 
     Lesion wins where the masks overlap (NAWM is white matter outside visible lesions, Wei
     §3.1 a). "Other" is every remaining voxel of the image, or of ``brain_mask`` when given
     (voxels outside it then weigh 0). Each non-empty class sums to 1, so lesion, NAWM and the
     rest count equally however small the lesions are; an empty class (a healthy control has no
-    lesion) simply drops out.
+    lesion) simply drops out. ``lesion_weight`` (ours; 1 is eq. 5) makes the lesion class sum
+    to that instead.
     """
     lesion = np.asarray(lesion_mask) > 0
     if np.shape(nawm_mask) != lesion.shape:
@@ -378,10 +379,10 @@ def region_weights(lesion_mask: np.ndarray, nawm_mask: np.ndarray,
     inside = np.ones_like(lesion) if brain_mask is None else np.asarray(brain_mask) > 0
     other = inside & ~lesion & ~nawm
     weights = np.zeros(lesion.shape, dtype=np.float32)
-    for region in (lesion, nawm, other):
+    for region, total in ((lesion, lesion_weight), (nawm, 1.0), (other, 1.0)):
         count = int(region.sum())
         if count:
-            weights[region] = 1.0 / count
+            weights[region] = total / count
     return weights
 
 
