@@ -44,7 +44,10 @@ That command took 18 minutes on 2026-11-23 (1 thread of a 2-core CPU shared with
 training 15.8 min at 0.24-0.51 s per U-Net step, 0.36-0.62 per Sketcher step, 0.42-0.55 per
 Refiner step). ``--work`` is the ``-w`` of ``run_workflow.py train dvr-from-mri``: the pairs are cached under
 ``WORK/dvr_from_mri_pairs`` and are prepared there first if missing (ANTs, minutes per subject).
-Checkpoints under ``--out`` make a rerun with the same settings skip the training.
+Checkpoints under ``--out`` make a rerun with the same settings skip the training; ``--fold N``
+trains one fold, so the folds can run in parallel processes before the run that prints the tables.
+``--more-bids`` pools more phantom cohorts (other seeds) into the cross-validation, for more
+training subjects per fold and more held-out patients behind each goal.
 """
 
 from __future__ import annotations
@@ -80,13 +83,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, required=True, help="holds dvr_from_mri_pairs/ (train's -w)")
     parser.add_argument("--out", type=Path, required=True, help="scratch: checkpoints, template-space maps")
     parser.add_argument("--participant-label", nargs="+", default=[], metavar="L", help="default: all subjects")
-    parser.add_argument("--test-bids", type=Path, default=None,
-                        help="a second phantom cohort (another seed), never trained on: its subjects are added to "
-                             "the held-out ones, each predicted by one fold's models (round robin), so the goals "
-                             "rest on more patients")
-    parser.add_argument("--test-work", type=Path, default=None,
-                        help="holds the test cohort's dvr_from_mri_pairs/ (default: OUT/test_cohort)")
+    parser.add_argument("--more-bids", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="more phantom cohorts (other seeds) pooled into the cross-validation; their subjects "
+                             "are named c2-sub-01, c3-sub-01, ... (Wei: 28 subjects)")
+    parser.add_argument("--more-work", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="one per --more-bids, holding its dvr_from_mri_pairs/ (default: OUT/cohort-2, ...)")
     parser.add_argument("--folds", type=int, default=3, help="Wei: 3")
+    parser.add_argument("--fold", type=int, default=None, metavar="N",
+                        help="train and evaluate fold N only, then stop (folds in parallel processes; a later run "
+                             "without --fold finds their checkpoints under --out and prints the tables)")
     parser.add_argument("--steps", type=int, default=300,
                         help="steps of every network: the U-Net, the Sketcher and the Refiner each")
     parser.add_argument("--k", type=float, default=2.0, help="demyelinated: DVR < HC WM mean - k SD (Bodini: 2)")
@@ -169,7 +174,7 @@ class TemplateMaps:
     """Grid maps of the training pairs carried into template space (cached NIfTIs)."""
 
     def __init__(self, pairs_dir: Path, out_dir: Path, prefix: str = ""):
-        # prefix: what the benchmark put before the pair cache's subject keys (the test cohort's "test-")
+        # prefix: what the benchmark put before the pair cache's subject keys (a pooled cohort's "c2-")
         self.pairs_dir, self.out_dir, self.prefix = pairs_dir, out_dir, prefix
 
     def transforms(self, key: str):
@@ -294,9 +299,26 @@ def main(argv=None) -> int:
                                     omp_nthreads=args.omp_nthreads, progress=False)
     for key, reason in refused.items():
         report(f"refused {key}: {reason}")
-    pairs.sort(key=lambda p: p.key)
+    templates = dict.fromkeys((p.key for p in pairs), TemplateMaps(pairs_dir, args.out / "template"))
     report(f"{len(pairs)} training pairs from {args.bids} ({time.perf_counter() - t0:.0f} s): "
-           + ", ".join(f"{p.key} {p.site} {p.group}" for p in pairs))
+           + ", ".join(f"{p.key} {p.site} {p.group}" for p in sorted(pairs, key=lambda p: p.key)))
+    if len(args.more_work) not in (0, len(args.more_bids)):
+        raise SystemExit("--more-work takes one folder per --more-bids")
+    for number, bids in enumerate(args.more_bids, start=2):
+        t0 = time.perf_counter()
+        work = args.more_work[number - 2] if args.more_work else args.out / f"cohort-{number}"
+        prefix = f"c{number}-"
+        more, more_refused = training_pairs(bids, work / "dvr_from_mri_pairs", omp_nthreads=args.omp_nthreads,
+                                            progress=False)
+        for key, reason in more_refused.items():
+            report(f"refused {prefix}{key}: {reason}")
+        more = [p._replace(key=prefix + p.key) for p in more]
+        pooled_template = TemplateMaps(work / "dvr_from_mri_pairs", args.out / f"template-{number}", prefix=prefix)
+        templates.update({p.key: pooled_template for p in more})
+        pairs += more
+        report(f"{len(more)} training pairs from {bids} ({time.perf_counter() - t0:.0f} s): "
+               + ", ".join(f"{p.key} {p.site} {p.group}" for p in sorted(more, key=lambda p: p.key)))
+    pairs.sort(key=lambda p: p.key)
     shapes = sorted({'x'.join(map(str, p.dvr.shape)) for p in pairs})
     report(f"grids (2 mm): {', '.join(shapes)}; lesion voxels per patient: "
            + ", ".join(f"{p.key} {int(p.lesion.sum())}" for p in pairs if p.lesion.any()))
@@ -324,29 +346,14 @@ def main(argv=None) -> int:
            + f" ({time.perf_counter() - t0:.0f} s)")
 
     folds = subject_folds(pairs, args.folds, args.seed)
-    template = TemplateMaps(pairs_dir, args.out / "template")
-    templates = dict.fromkeys((p.key for p in pairs), template)
-    # An independent cohort: its subjects join the held-out sets round robin, named "test-<key>".
-    external: list[list] = [[] for _ in folds]
-    if args.test_bids is not None:
-        t0 = time.perf_counter()
-        test_pairs_dir = (args.test_work or args.out / "test_cohort") / "dvr_from_mri_pairs"
-        test_cohort, test_refused = training_pairs(args.test_bids, test_pairs_dir, omp_nthreads=args.omp_nthreads,
-                                                   progress=False)
-        for key, reason in test_refused.items():
-            report(f"refused test {key}: {reason}")
-        test_template = TemplateMaps(test_pairs_dir, args.out / "template_test", prefix="test-")
-        for position, pair in enumerate(sorted(test_cohort, key=lambda p: p.key)):
-            external[position % len(folds)].append(pair._replace(key=f"test-{pair.key}"))
-            templates[f"test-{pair.key}"] = test_template
-        report(f"{len(test_cohort)} test pairs from {args.test_bids} ({time.perf_counter() - t0:.0f} s), "
-               f"never trained on: " + ", ".join(f"{p.key} {p.group}" for fold in external for p in fold))
     per_subject: dict[str, dict] = {}
     fold_info, train_seconds, predict_seconds, template_seconds = [], 0.0, 0.0, 0.0
     for index, held in enumerate(folds):
+        if args.fold is not None and index + 1 != args.fold:
+            continue
         label = f"fold-{index + 1}"
         train_pairs = [p for p in pairs if subject_of(p.key) not in held]
-        test_pairs = [p for p in pairs if subject_of(p.key) in held] + external[index]
+        test_pairs = [p for p in pairs if subject_of(p.key) in held]
         trained, stage_info = {}, {}
         for variant, variant_settings in settings.items():
             t0 = time.perf_counter()
@@ -365,8 +372,8 @@ def main(argv=None) -> int:
         # HC WM norms of this fold, from the training folds' controls' true DVR.
         t0 = time.perf_counter()
         controls = [p for p in train_pairs if p.group == "control"]
-        norm_tpl = build_hc_wm_norm([template.map(p, p.dvr, "dvr_true") for p in controls],
-                                    [template.map(p, p.wm, "wm") for p in controls])
+        norm_tpl = build_hc_wm_norm([templates[p.key].map(p, p.dvr, "dvr_true") for p in controls],
+                                    [templates[p.key].map(p, p.wm, "wm") for p in controls])
         pooled = np.concatenate([p.dvr[p.wm & p.brain] for p in controls]).astype(np.float64)
         scalar_threshold = float(pooled.mean() - args.k * pooled.std(ddof=1))
         template_seconds += time.perf_counter() - t0
@@ -416,6 +423,10 @@ def main(argv=None) -> int:
                    f"{variant} " + ", ".join(f"{stage} {s['steps']} steps {s['seconds_per_step']} s/step"
                                              for stage, s in info.items())
                    for variant, info in stage_info.items()))
+
+    if args.fold is not None:
+        report(f"fold {args.fold} done; run without --fold for the tables")
+        return 0
 
     # ------------------------------------------------------------------------------ tables
     subjects = list(per_subject.values())
@@ -501,13 +512,13 @@ def main(argv=None) -> int:
            f"{mean_sd(trivial)[0]:.3f})")
     report("  (95 % CI: the patients' spread, t distribution; a goal inside the interval is not resolved by "
            "this cohort's size)")
-    if args.test_bids is not None:
-        for name, chosen in (("cross-validated cohort", lambda key: not key.startswith("test-")),
-                             ("test cohort", lambda key: key.startswith("test-"))):
-            part = [s for key, s in per_subject.items() if chosen(key) and "true_demyelinated_pct" in s]
+    if args.more_bids:
+        for number, bids in enumerate([args.bids, *args.more_bids], start=1):
+            part = [s for key, s in per_subject.items() if "true_demyelinated_pct" in s
+                    and (key.startswith(f"c{number}-") if number > 1 else key.startswith("sub-"))]
             discs = [s["variants"][sr]["discrepancy"]["lesion"] for s in part]
             dices = [s["variants"][sr]["dice"] for s in part]
-            report(f"    {name} alone ({len(part)} patients): lesion discrepancy {mean_sd(discs)[0]:.4f} "
+            report(f"    patients of {bids} ({len(part)}): lesion discrepancy {mean_sd(discs)[0]:.4f} "
                    f"{confidence_interval(discs)}, Dice {mean_sd(dices)[0]:.3f} {confidence_interval(dices)}")
     comparisons = []
     for name, getter, better in (("MSE", lambda x: x["mse"], "lower"), ("PSNR", lambda x: x["psnr"], "higher"),
