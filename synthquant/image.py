@@ -114,20 +114,27 @@ def resample_to_grid(
 ) -> np.ndarray:
     """Resample a 3D array from one voxel grid onto another, both given by affines.
 
-    ``order=0`` is nearest-neighbour (labels and masks), 1 trilinear, 3 cubic.
+    ``order=0`` is nearest-neighbour (labels and masks), 1 trilinear, 3 cubic. A voxel covers
+    half a voxel either side of its centre (ITK's and ANTs' convention), so a target point up
+    to half a source voxel beyond the outermost centres takes the edge value; points further
+    out get ``cval``. (scipy's ``constant`` mode alone would give ``cval`` already past the
+    outermost centres, dropping the outer half voxel of every face on upsampling.)
     """
     # Target voxel -> world -> source voxel, composed into one affine map.
     vox_map = np.linalg.inv(affine) @ target_affine
-    return ndimage.affine_transform(
-        np.asarray(data, dtype=np.float32 if order else data.dtype),
-        vox_map[:3, :3],
-        offset=vox_map[:3, 3],
-        output_shape=tuple(int(s) for s in target_shape),
-        order=order,
-        mode="constant",
-        cval=cval,
-        prefilter=order > 1,
-    )
+    source = np.asarray(data, dtype=np.float32 if order else data.dtype)
+    # One voxel of edge values around the source, so the interpolation reaches its faces; the
+    # source indices shift by one.
+    transform = dict(matrix=vox_map[:3, :3], offset=vox_map[:3, 3] + 1.0,
+                     output_shape=tuple(int(s) for s in target_shape), mode="constant")
+    resampled = ndimage.affine_transform(np.pad(source, 1, mode="edge"), order=order, cval=cval,
+                                         prefilter=order > 1, **transform)
+    # The field of view: nearest-neighbour on ones framed by zeros is 1 exactly within half a
+    # voxel of the source's outermost centres.
+    inside = ndimage.affine_transform(np.pad(np.ones(source.shape, np.uint8), 1), order=0, cval=0,
+                                      **transform)
+    resampled[inside == 0] = cval
+    return resampled
 
 
 def grid_affine(origin: np.ndarray | tuple, voxel_size: float, axes_sign=(1, 1, 1)) -> np.ndarray:
