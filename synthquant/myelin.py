@@ -423,13 +423,7 @@ def lesion_mask_on(lesion_file: str | Path, reference_img) -> tuple[np.ndarray, 
     lesion = np.asarray(img.dataobj) > 0
     notes = []
     if not _same_grid(img.shape, img.affine, ref_shape, reference.affine):
-        # One voxel of zero padding first: scipy's "constant" mode (in resample_to_grid) returns
-        # cval for points beyond the outer voxel centres, so the outer half voxel of the mask
-        # would be lost; padded, those points fall inside and read the mask itself.
-        shift = np.eye(4)
-        shift[:3, 3] = -1.0
-        padded = np.pad(lesion.astype(np.uint8), 1)
-        resampled = resample_to_grid(padded, img.affine @ shift, ref_shape, reference.affine, order=0) > 0
+        resampled = resample_to_grid(lesion.astype(np.uint8), img.affine, ref_shape, reference.affine, order=0) > 0
         if lesion.any() and not resampled.any():
             raise InputError(lesion_file, "lesion mask lies outside the reference image's field of view "
                                           f"({_grid_text(img.shape, img.affine)} vs "
