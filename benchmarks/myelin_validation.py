@@ -94,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "without --fold finds their checkpoints under --out and prints the tables)")
     parser.add_argument("--steps", type=int, default=300,
                         help="steps of every network: the U-Net, the Sketcher and the Refiner each")
+    parser.add_argument("--refiner-steps", type=int, default=None, metavar="N",
+                        help="steps of the Refiner (default --steps); more than a finished run under --out "
+                             "extends its Refiners from their checkpoints")
     parser.add_argument("--k", type=float, default=2.0, help="demyelinated: DVR < HC WM mean - k SD (Bodini: 2)")
     parser.add_argument("--refiner-from-scratch", action="store_true",
                         help="Wei's Refiner (its output is the DVR, trained from scratch) instead of ours "
@@ -326,13 +329,15 @@ def main(argv=None) -> int:
     refiner_recipe = {name: value for name, value in (("refiner_lesion_crop_fraction", args.refiner_lesion_crop_fraction),
                                                       ("refiner_lesion_weight", args.refiner_lesion_weight))
                       if value is not None}
-    settings = {variant: DVRTrainingSettings(variant=variant, sketcher_steps=args.steps, refiner_steps=args.steps,
+    refiner_steps = args.steps if args.refiner_steps is None else args.refiner_steps
+    settings = {variant: DVRTrainingSettings(variant=variant, sketcher_steps=args.steps, refiner_steps=refiner_steps,
                                              seed=args.seed, residual_refiner=not args.refiner_from_scratch,
                                              **refiner_recipe)
                 for variant in ("unet_l1", "sketcher_refiner")}
     base = settings["sketcher_refiner"]
     report(f"settings: {args.folds}-fold CV by subject (seed {args.seed}); {args.steps} steps per network "
-           f"(U-Net; Sketcher; Refiner), batch {base.batch_size} crops of {'x'.join(map(str, base.crop))}, "
+           + (f"(Refiner {refiner_steps}) " if refiner_steps != args.steps else "")
+           + f"(U-Net; Sketcher; Refiner), batch {base.batch_size} crops of {'x'.join(map(str, base.crop))}, "
            f"{base.base_features} base features, {base.levels} levels, lesion-centred crops "
            f"{base.lesion_crop_fraction:.0%} (Sketcher, U-Net) / {base.refiner_lesion_crop_fraction:.0%} (Refiner), "
            f"Refiner eq. 5 lesion weight {base.refiner_lesion_weight:g}, "
@@ -359,7 +364,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             trained[variant] = train_model(train_pairs, variant_settings, device="cpu",
                                            checkpoint_dir=args.out / "checkpoints" / variant / label, resume=True,
-                                           checkpoint_every=max(1, args.steps), progress=False, run_id=index + 1,
+                                           checkpoint_every=max(1, min(args.steps, refiner_steps)), progress=False, run_id=index + 1,
                                            label=label)
             train_seconds += time.perf_counter() - t0
             stage_info[variant] = {stage: {k: v[k] for k in ("steps", "seconds", "seconds_per_step", "stopped_by")}
@@ -535,14 +540,15 @@ def main(argv=None) -> int:
            f"{'MET' if all(comparisons) else 'NOT MET'} ({sum(comparisons)}/{len(comparisons)} criteria)")
 
     png = bland_altman(per_subject, args.results / f"{args.tag}_myelin_bland_altman.png",
-                       f"ROI-mean DVR, held-out subjects ({args.folds}-fold CV, {args.steps} steps per network): "
+                       f"ROI-mean DVR, held-out subjects ({args.folds}-fold CV, {args.steps} steps per network"
+                       + (f", Refiner {refiner_steps}" if refiner_steps != args.steps else "") + "): "
                        "Bland-Altman (lines: bias and 95 % limits of agreement)")
     minutes = (time.perf_counter() - started) / 60
     report()
     report(f"Bland-Altman plots: {png}")
     report(f"wall time {minutes:.1f} min: training {train_seconds / 60:.1f} min, whole-volume prediction "
            f"{predict_seconds / 60:.1f} min, template maps and norms {template_seconds / 60:.1f} min")
-    results = {"settings": {"folds": args.folds, "steps": args.steps, "seed": args.seed, "k": args.k,
+    results = {"settings": {"folds": args.folds, "steps": args.steps, "refiner_steps": refiner_steps, "seed": args.seed, "k": args.k,
                             "omp_nthreads": args.omp_nthreads, "training": base.as_dict()},
                "folds": fold_info, "per_subject": per_subject, "minutes": round(minutes, 2)}
     out_json = args.results / f"{args.tag}_myelin_validation.json"

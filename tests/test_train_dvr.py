@@ -270,6 +270,23 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(cohort, tmp_path, 
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 
+def test_a_longer_run_extends_a_finished_shorter_one(cohort, tmp_path, capsys):
+    """3 steps, then the same run asked for 5 resumes at 3 and ends at the 5-step run's weights;
+    a run asked for fewer steps than the checkpoint holds starts over."""
+    five = DVRTrainingSettings(variant="sketcher", sketcher_steps=5, **FAST)
+    whole = train_model(cohort[:2], five, progress=False)
+    train_model(cohort[:2], dataclasses.replace(five, sketcher_steps=3), checkpoint_dir=tmp_path, progress=False)
+    capsys.readouterr()
+    extended = train_model(cohort[:2], five, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert "sketcher: resuming at step 3" in capsys.readouterr().out
+    assert extended.stages["sketcher"]["steps"] == 5
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, extended.model.state_dict()[name]), name
+    shorter = train_model(cohort[:2], dataclasses.replace(five, sketcher_steps=2), checkpoint_dir=tmp_path,
+                          resume=True, progress=False)
+    assert "past the 2 asked for" in capsys.readouterr().out and shorter.stages["sketcher"]["steps"] == 2
+
+
 def test_a_new_refiner_recipe_reuses_the_trained_sketcher(cohort, tmp_path, capsys):
     """Refiner-only settings leave the Sketcher checkpoint valid; a Sketcher setting does not."""
     first = DVRTrainingSettings(variant="sketcher_refiner", sketcher_steps=3, refiner_steps=2, **FAST)
@@ -283,6 +300,20 @@ def test_a_new_refiner_recipe_reuses_the_trained_sketcher(cohort, tmp_path, caps
     train_model(cohort[:2], dataclasses.replace(first, sketcher_lr=5e-4), checkpoint_dir=tmp_path, resume=True,
                 progress=False)
     assert "sketcher: checkpoint settings differ" in capsys.readouterr().out
+
+
+def test_more_refiner_steps_extend_the_refiner_and_more_sketcher_steps_restart_it(cohort, tmp_path, capsys):
+    first = DVRTrainingSettings(variant="sketcher_refiner", sketcher_steps=3, refiner_steps=2, **FAST)
+    train_model(cohort[:2], first, checkpoint_dir=tmp_path, progress=False)
+    capsys.readouterr()
+    train_model(cohort[:2], dataclasses.replace(first, refiner_steps=4), checkpoint_dir=tmp_path, resume=True,
+                progress=False)
+    out = capsys.readouterr().out
+    assert "sketcher: resuming at step 3" in out and "refiner: resuming at step 2" in out
+    train_model(cohort[:2], dataclasses.replace(first, sketcher_steps=4, refiner_steps=4), checkpoint_dir=tmp_path,
+                resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert "sketcher: resuming at step 3" in out and "refiner: checkpoint settings differ" in out
 
 
 def test_time_limit_stops_early(cohort):

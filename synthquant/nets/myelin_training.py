@@ -36,7 +36,8 @@ Recipe (Wei §3.1 "Training details", our choices marked):
   (Table 2). Then the final model is trained on every subject.
 
 Checkpoints (safetensors + JSON, never pickles) hold each stage's networks, Adam states and RNG
-state; ``resume=True`` continues an interrupted run with the same results (CPU).
+state; ``resume=True`` continues an interrupted run with the same results (CPU), and extends a
+finished one: a run with more steps resumes from the shorter run's last checkpoint.
 """
 
 from __future__ import annotations
@@ -415,19 +416,25 @@ def _to_device(array: np.ndarray, device) -> torch.Tensor:
 
 
 def same_training_run(stored, current: dict) -> bool:
-    """Whether a checkpoint's fingerprint belongs to this stage of this run: equal, except that
-    a Sketcher stage ignores :data:`REFINER_ONLY_SETTINGS`."""
+    """Whether a checkpoint's fingerprint belongs to this stage of this run.
+
+    The fingerprints must be equal except for the stage's own step count, so a longer run
+    continues a shorter one: the learning rates are constant and the crops a function of the
+    step (``draw_batch``), so the state at step ``s`` is the same whatever the target count. A
+    Sketcher stage also ignores :data:`REFINER_ONLY_SETTINGS`; a Refiner stage keeps the
+    Sketcher's step count, since it trains on that Sketcher.
+    """
     if not isinstance(stored, dict):
         return False
-    if current.get("stage") != "sketcher":
-        return stored == current
+    stage = current.get("stage")
+    ignored = ("sketcher_steps", *REFINER_ONLY_SETTINGS) if stage == "sketcher" else ("refiner_steps",)
 
-    def sketcher_view(fingerprint: dict) -> dict:
+    def view(fingerprint: dict) -> dict:
         settings = fingerprint.get("settings")
         if isinstance(settings, dict):
-            settings = {k: v for k, v in settings.items() if k not in REFINER_ONLY_SETTINGS}
+            settings = {k: v for k, v in settings.items() if k not in ignored}
         return {**fingerprint, "settings": settings}
-    return sketcher_view(stored) == sketcher_view(current)
+    return view(stored) == view(current)
 
 
 def _run_stage(*, stage: str, label: str, run_id: int, subjects, settings: DVRTrainingSettings, steps: int,
@@ -440,12 +447,15 @@ def _run_stage(*, stage: str, label: str, run_id: int, subjects, settings: DVRTr
     step, seconds_before, losses = 0, 0.0, []
     if resume and checkpoint_stem is not None and checkpoint_stem.with_suffix(".json").is_file():
         meta = json.loads(checkpoint_stem.with_suffix(".json").read_text())
-        if same_training_run(meta.get("fingerprint"), fingerprint):
+        if not same_training_run(meta.get("fingerprint"), fingerprint):
+            say(f"{label} {stage}: checkpoint settings differ; starting this stage from scratch")
+        elif int(meta.get("step", 0)) > steps:
+            say(f"{label} {stage}: checkpoint is at step {meta['step']}, past the {steps} asked for; "
+                "starting this stage from scratch")
+        else:
             meta = _load_state(checkpoint_stem, nets, optimizers)
             step, seconds_before, losses = int(meta["step"]), float(meta["seconds"]), meta["losses"]
             say(f"{label} {stage}: resuming at step {step} from {checkpoint_stem}.safetensors")
-        else:
-            say(f"{label} {stage}: checkpoint settings differ; starting this stage from scratch")
 
     def checkpoint() -> None:
         if checkpoint_stem is not None:
