@@ -71,6 +71,9 @@ WEI = {"unet_l1": {"mse": "0.0107 (0.0041)", "psnr": "29.297 (0.986)", "wm_contr
                     "nawm": "0.034 (0.022)", "lesion": "0.030 (0.017)"},
        "sketcher_refiner": {"mse": "0.0083 (0.0037)", "psnr": "30.044 (1.095)", "wm_control": "0.048 (0.026)",
                             "nawm": "0.029 (0.021)", "lesion": "0.022 (0.015)", "dice": "0.83 (0.12)"}}
+#: The phantom ceiling's row (see ``noise_free_prediction``): printed in the tables, never trained.
+CEILING = "noise_free_truth"
+CEILING_LABEL = "noise-free truth"
 GOAL_LESION_DISCREPANCY = 0.022
 GOAL_DICE = 0.83
 ROI_LABEL = {"wm_control": "WM in HC", "nawm": "NAWM", "lesion": "MS lesions"}
@@ -171,6 +174,34 @@ def subject_metrics(pair, predicted: np.ndarray, baseline_mean: float) -> dict:
             row["true_mean"][roi] = float(truth[mask].mean())
             row["pred_mean"][roi] = float(predicted[mask].mean())
     return row
+
+
+def phantom_truth_dvr(bids: Path, key: str) -> Path | None:
+    """The phantom's noise-free PET-resolution DVR of subject ``key`` on its PET grid, if any."""
+    subject = key.split("_")[0]
+    path = bids / "sourcedata" / "truth" / subject / f"{key}_trc-PIB_desc-true_dvr.nii.gz"
+    return path if path.is_file() else None
+
+
+def noise_free_prediction(pair, truth_file: Path) -> np.ndarray:
+    """The phantom ceiling: the noise-free DVR on the pair's grid, times ``a`` so that it matches
+    the measured DVR in the brain in the least-squares sense.
+
+    The myelin grid shares the PET's axes (``myelinprep``), so the truth, on the PET grid, needs
+    no transform. The one factor absorbs the pipeline's estimated cerebellar reference (the truth
+    divides by pure cerebellar-GM VT); it is fitted over ~10^5 brain voxels, so it cannot fit
+    the lesions.
+    """
+    import nibabel as nib
+
+    from synthquant.image import resample_to_grid
+
+    image = nib.load(str(truth_file))
+    truth = resample_to_grid(np.asarray(image.dataobj, np.float32), image.affine, pair.dvr.shape, pair.affine,
+                             order=1)
+    brain = np.asarray(pair.brain, bool)
+    t, m = truth[brain].astype(np.float64), np.asarray(pair.dvr, np.float64)[brain]
+    return (truth * (t @ m) / (t @ t)).astype(np.float32)
 
 
 class TemplateMaps:
@@ -303,6 +334,7 @@ def main(argv=None) -> int:
     for key, reason in refused.items():
         report(f"refused {key}: {reason}")
     templates = dict.fromkeys((p.key for p in pairs), TemplateMaps(pairs_dir, args.out / "template"))
+    truth_files = {p.key: phantom_truth_dvr(args.bids, p.key) for p in pairs}
     report(f"{len(pairs)} training pairs from {args.bids} ({time.perf_counter() - t0:.0f} s): "
            + ", ".join(f"{p.key} {p.site} {p.group}" for p in sorted(pairs, key=lambda p: p.key)))
     if len(args.more_work) not in (0, len(args.more_bids)):
@@ -318,6 +350,7 @@ def main(argv=None) -> int:
         more = [p._replace(key=prefix + p.key) for p in more]
         pooled_template = TemplateMaps(work / "dvr_from_mri_pairs", args.out / f"template-{number}", prefix=prefix)
         templates.update({p.key: pooled_template for p in more})
+        truth_files.update({p.key: phantom_truth_dvr(bids, p.key.removeprefix(prefix)) for p in more})
         pairs += more
         report(f"{len(more)} training pairs from {bids} ({time.perf_counter() - t0:.0f} s): "
                + ", ".join(f"{p.key} {p.site} {p.group}" for p in sorted(more, key=lambda p: p.key)))
@@ -396,6 +429,9 @@ def main(argv=None) -> int:
                 predictions[variant] = predict_dvr(model, card, pair_maps(pair), brain)
                 predict_seconds += time.perf_counter() - t0
                 entry["variants"][variant] = subject_metrics(pair, predictions[variant], norm.dvr_mean)
+            if truth_files[pair.key] is not None:
+                predictions[CEILING] = noise_free_prediction(pair, truth_files[pair.key])
+                entry["variants"][CEILING] = subject_metrics(pair, predictions[CEILING], norm.dvr_mean)
             lesion = np.asarray(pair.lesion, bool) & brain
             if lesion.any():
                 t0 = time.perf_counter()
@@ -446,6 +482,8 @@ def main(argv=None) -> int:
                 continue
         return out
 
+    rows = [*VARIANT_ORDER, *([CEILING] if values(CEILING, lambda r: r["mse"]) else [])]
+    LABELS = {**VARIANT_LABEL, CEILING: CEILING_LABEL}
     report()
     report(f"Held-out subjects: {len(subjects)} ({sum(s['group'] == 'control' for s in subjects)} controls, "
            f"{len(patients)} patients with lesions), {args.folds} folds; DVR units, in each subject's brain mask "
@@ -454,24 +492,24 @@ def main(argv=None) -> int:
     report()
     report("Table 1 analogue: image quality, mean (SD) over held-out subjects")
     report(f"{'method':<18} {'MSE':>17} {'PSNR (dB)':>17} {'MSE/constant':>13}   Wei MSE / PSNR")
-    for variant in VARIANT_ORDER:
+    for variant in rows:
         ratio = np.mean(values(variant, lambda r: r["mse"] / r["baseline_mse"]))
-        report(f"{VARIANT_LABEL[variant]:<18} {cell(values(variant, lambda r: r['mse'])):>17} "
+        report(f"{LABELS[variant]:<18} {cell(values(variant, lambda r: r['mse'])):>17} "
                f"{cell(values(variant, lambda r: r['psnr']), 2):>17} {ratio:>13.3f}   "
-               f"{WEI[variant]['mse']} / {WEI[variant]['psnr']}")
+               + (f"{WEI[variant]['mse']} / {WEI[variant]['psnr']}" if variant in WEI else "-"))
     report(f"{'constant (train mean)':<18} {cell(values('unet_l1', lambda r: r['baseline_mse'])):>17}")
     report()
     report("Table 2 analogue: myelin content discrepancy |mean true DVR - mean predicted DVR| per ROI, mean (SD)")
     headers = [f"{ROI_LABEL[r]} (n={len(values('unet_l1', lambda x, r=r: x['discrepancy'][r]))})" for r in ROI_LABEL]
     report(f"{'method':<18} " + " ".join(f"{h:>22}" for h in headers) + "   Wei (WM HC / NAWM / lesions)")
-    for variant in VARIANT_ORDER:
-        report(f"{VARIANT_LABEL[variant]:<18} " + " ".join(
+    for variant in rows:
+        report(f"{LABELS[variant]:<18} " + " ".join(
             f"{cell(values(variant, lambda x, r=r: x['discrepancy'][r])):>22}" for r in ROI_LABEL)
-            + "   " + " / ".join(WEI[variant][r] for r in ROI_LABEL))
+            + "   " + (" / ".join(WEI[variant][r] for r in ROI_LABEL) if variant in WEI else "-"))
     report()
     report("Bias (mean predicted - true ROI DVR) per ROI:")
-    for variant in VARIANT_ORDER:
-        report(f"  {VARIANT_LABEL[variant]:<18} " + ", ".join(
+    for variant in rows:
+        report(f"  {LABELS[variant]:<18} " + ", ".join(
             f"{ROI_LABEL[r]} {np.mean(values(variant, lambda x, r=r: x['pred_mean'][r] - x['true_mean'][r])):+.4f}"
             for r in ROI_LABEL))
     report()
@@ -487,20 +525,28 @@ def main(argv=None) -> int:
     trivial = [2 * (q / 100) / (1 + q / 100) if q > 0 else math.nan for q in true_pct]
     report(f"  {'every lesion voxel':<18} Dice {cell(trivial, 3)}: the score of calling every lesion voxel demyelinated "
            "(2p/(1+p), p = true fraction), the floor a prediction must clear")
-    for variant in VARIANT_ORDER:
+    for variant in rows:
         d = [s["variants"][variant]["dice"] for s in patients]
         pct = [s["variants"][variant]["demyelinated_pct"] for s in patients]
-        report(f"  {VARIANT_LABEL[variant]:<18} Dice {cell(d, 3)} (n={mean_sd(d)[2]}), predicted demyelinated "
-               f"{cell(pct, 1)} %" + (f"   Wei: Dice {WEI[variant]['dice']}" if "dice" in WEI[variant] else ""))
+        report(f"  {LABELS[variant]:<18} Dice {cell(d, 3)} (n={mean_sd(d)[2]}), predicted demyelinated "
+               f"{cell(pct, 1)} %" + (f"   Wei: Dice {WEI[variant]['dice']}" if "dice" in WEI.get(variant, {}) else ""))
     thresholds = [f["scalar_threshold"] for f in fold_info]
     report(f"  Rule (secondary, cruder): one scalar threshold per fold, mean - {args.k:g} SD of the pooled WM voxels "
            f"of the training controls' true DVR on their grids ({', '.join(f'{t:.3f}' for t in thresholds)}); the "
            "pooled SD includes the WM's spatial spread (partial volume at 2 mm), so the threshold is low.")
     report(f"  true DVR: {cell([s['true_demyelinated_pct_scalar'] for s in patients], 1)} % demyelinated")
-    for variant in VARIANT_ORDER:
+    for variant in rows:
         d = [s["variants"][variant]["dice_scalar"] for s in patients]
-        report(f"  {VARIANT_LABEL[variant]:<18} Dice {cell(d, 3)} (n={mean_sd(d)[2]} with a non-empty mask), "
+        report(f"  {LABELS[variant]:<18} Dice {cell(d, 3)} (n={mean_sd(d)[2]} with a non-empty mask), "
                f"predicted demyelinated {cell([s['variants'][variant]['demyelinated_pct_scalar'] for s in patients], 1)} %")
+
+    if CEILING in rows:
+        report()
+        report(f"'{CEILING_LABEL}' is the phantom's ceiling, not a model: the noise-free PET-resolution DVR "
+               "(sourcedata/truth, what Logan gives from noise-free frames) on the subject's grid, scaled by one "
+               "least-squares factor in the brain to the measured DVR (whose cerebellar reference is estimated). "
+               "It is the best any predictor of the noise-free DVR can score against the noisy measured DVR: "
+               "what remains is the PET noise of the 'true' DVR, which no MR input can predict.")
 
     # ------------------------------------------------------------------------------ goals
     report()
@@ -525,6 +571,11 @@ def main(argv=None) -> int:
             dices = [s["variants"][sr]["dice"] for s in part]
             report(f"    patients of {bids} ({len(part)}): lesion discrepancy {mean_sd(discs)[0]:.4f} "
                    f"{confidence_interval(discs)}, Dice {mean_sd(dices)[0]:.3f} {confidence_interval(dices)}")
+    if CEILING in rows:
+        discs = values(CEILING, lambda x: x["discrepancy"]["lesion"])
+        dices = [s["variants"][CEILING]["dice"] for s in patients if CEILING in s["variants"]]
+        report(f"  phantom ceiling ({CEILING_LABEL} as the prediction): lesion discrepancy {mean_sd(discs)[0]:.4f} "
+               f"{confidence_interval(discs)}, Dice {mean_sd(dices)[0]:.3f} {confidence_interval(dices)}")
     comparisons = []
     for name, getter, better in (("MSE", lambda x: x["mse"], "lower"), ("PSNR", lambda x: x["psnr"], "higher"),
                                  *((f"discrepancy {ROI_LABEL[r]}", (lambda x, r=r: x["discrepancy"][r]), "lower")

@@ -62,7 +62,8 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--omp-nthreads", type=int, default=None,
                         help="CPU threads for torch and ITK (default: all cores)")
     common.add_argument("--resume", action="store_true",
-                        help="continue from OUT/checkpoints (same settings) instead of starting over")
+                        help="continue from OUT/checkpoints (same settings; more steps extend a finished run) "
+                             "instead of starting over")
     return common
 
 
