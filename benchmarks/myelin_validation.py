@@ -564,29 +564,29 @@ def main(argv=None) -> int:
     trivial = [2 * (q / 100) / (1 + q / 100) if q > 0 else math.nan for q in true_pct]
     report(f"  {'every lesion voxel':<18} Dice {cell(trivial, 3)}: the score of calling every lesion voxel demyelinated "
            "(2p/(1+p), p = true fraction), the floor a prediction must clear")
-    for variant in rows:
-        d = [s["variants"][variant]["dice"] for s in patients]
-        pct = [s["variants"][variant]["demyelinated_pct"] for s in patients]
-        report(f"  {LABELS[variant]:<18} Dice {cell(d, 3)} (n={mean_sd(d)[2]}), predicted demyelinated "
-               f"{cell(pct, 1)} %" + (f"   Wei: Dice {WEI[variant]['dice']}" if "dice" in WEI.get(variant, {}) else ""))
+
+    def dice_rows(rule: str = "", counted: str = "") -> None:
+        """One line per method: Dice and % demyelinated under a rule (``rule``: the key suffix)."""
+        for variant in rows:
+            d = [s["variants"][variant]["dice" + rule] for s in patients]
+            pct = [s["variants"][variant]["demyelinated_pct" + rule] for s in patients]
+            wei = f"   Wei: Dice {WEI[variant]['dice']}" if not rule and "dice" in WEI.get(variant, {}) else ""
+            report(f"  {LABELS[variant]:<18} Dice {cell(d, 3)} (n={mean_sd(d)[2]}{counted}), predicted demyelinated "
+                   f"{cell(pct, 1)} %{wei}")
+
+    dice_rows()
     thresholds = [f["scalar_threshold"] for f in fold_info]
     report(f"  Rule (secondary, cruder): one scalar threshold per fold, mean - {args.k:g} SD of the pooled WM voxels "
            f"of the training controls' true DVR on their grids ({', '.join(f'{t:.3f}' for t in thresholds)}); the "
            "pooled SD includes the WM's spatial spread (partial volume at 2 mm), so the threshold is low.")
     report(f"  true DVR: {cell([s['true_demyelinated_pct_scalar'] for s in patients], 1)} % demyelinated")
-    for variant in rows:
-        d = [s["variants"][variant]["dice_scalar"] for s in patients]
-        report(f"  {LABELS[variant]:<18} Dice {cell(d, 3)} (n={mean_sd(d)[2]} with a non-empty mask), "
-               f"predicted demyelinated {cell([s['variants'][variant]['demyelinated_pct_scalar'] for s in patients], 1)} %")
+    dice_rows("_scalar", " with a non-empty mask")
     report(f"  Rule (the pipeline's, README group level): the patient's true DVR against the norm of all "
            f"{len(held_controls['true'])} held-out controls' true DVR, its predicted DVR against the norm of the same "
            "controls' out-of-fold predicted DVR (what the pipeline does where no PIB exists), so a bias common to "
            "patients and controls cancels.")
     report(f"  true DVR: {cell([s['true_demyelinated_pct_pipeline'] for s in patients], 1)} % demyelinated")
-    for variant in rows:
-        d = [s["variants"][variant]["dice_pipeline"] for s in patients]
-        report(f"  {LABELS[variant]:<18} Dice {cell(d, 3)} (n={mean_sd(d)[2]}), predicted demyelinated "
-               f"{cell([s['variants'][variant]['demyelinated_pct_pipeline'] for s in patients], 1)} %")
+    dice_rows("_pipeline")
 
     if CEILING in rows:
         report()
