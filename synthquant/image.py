@@ -85,10 +85,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 
 def save_image(data: np.ndarray, affine: np.ndarray, path: str | Path, *, dtype=np.float32,
-               header: nib.Nifti1Header | None = None) -> Path:
-    """Write ``data`` as NIfTI atomically (temporary name, then rename)."""
+               header: nib.Nifti1Header | None = None, stored_dtype=None) -> Path:
+    """Write ``data`` as NIfTI atomically (temporary name, then rename).
+
+    ``stored_dtype`` (e.g. int16) stores the ``dtype`` values as that type on disk, scaled by
+    ``scl_slope``/``scl_inter`` where ``dtype`` is a float (nibabel picks them), as scanners
+    export dynamic PET: half the size of float32, and readers get the floats back.
+    """
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine, header)
-    img.set_data_dtype(dtype)
+    img.set_data_dtype(dtype if stored_dtype is None else stored_dtype)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     with atomic_output(path) as tmp:

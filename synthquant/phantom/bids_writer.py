@@ -18,7 +18,7 @@ import pandas as pd
 
 from synthquant import __version__
 from synthquant.errors import InputError
-from synthquant.image import atomic_output, atomic_write_text, save_image
+from synthquant.image import atomic_write_text, save_image
 
 BIDS_VERSION = "1.10.0"
 GENERATOR = "synthquant.phantom"
@@ -58,25 +58,16 @@ def write_tsv(table: pd.DataFrame, path: Path, float_format: str = "%.6f") -> Pa
     return atomic_write_text(text, path)
 
 
-def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, dtype) -> Path:
-    """NIfTI with spatial units mm and time units s (PET frames are seconds apart)."""
+def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, dtype, *, scaled: bool = False) -> Path:
+    """NIfTI with spatial units mm and time units s (PET frames are seconds apart).
+
+    ``scaled``: float data stored as scaled ``dtype`` integers (see :func:`save_image`).
+    """
     header = nib.Nifti1Header()
     header.set_xyzt_units("mm", "sec")
+    if scaled:
+        return save_image(data, affine, path, header=header, stored_dtype=dtype)
     return save_image(data, affine, path, dtype=dtype, header=header)
-
-
-def write_nifti_scaled(data: np.ndarray, affine: np.ndarray, path: Path, dtype=np.int16) -> Path:
-    """NIfTI of floats stored as scaled integers (nibabel picks ``scl_slope``/``scl_inter``), as
-    scanners export dynamic PET: half the size of float32; readers get the floats back."""
-    header = nib.Nifti1Header()
-    header.set_xyzt_units("mm", "sec")
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine, header)
-    img.set_data_dtype(dtype)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with atomic_output(path) as tmp:
-        nib.save(img, str(tmp))
-    return Path(path)
 
 
 def write_dataset_description(root: Path, name: str, *, seed: int, preset: str) -> Path:

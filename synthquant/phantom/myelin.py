@@ -1197,7 +1197,7 @@ def _write_subject(root: Path, label: str, site: Site, subject: dict, *, mt_pair
                       dwi_path.with_name(stem + ".bvec"))
 
     pet_path = bw.bids_path(root, label, "pet", "pet", ".nii.gz", (("trc", TRACER),))
-    bw.write_nifti_scaled(subject["pet"], subject["pet_affine"], pet_path, np.int16)
+    bw.write_nifti(subject["pet"], subject["pet_affine"], pet_path, np.int16, scaled=True)
     bw.write_json(pib_sidecar(site, subject), _sidecar_path(pet_path))
 
     if subject["lesions"]:
