@@ -116,6 +116,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="share of the Refiner's crops centred on a lesion voxel (default: the training default)")
     parser.add_argument("--refiner-lesion-weight", type=float, default=None,
                         help="weight of the lesion class in the Refiner's eq. 5 loss (default: the training default)")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="every network's result is a moving average of its weights with this per-step "
+                             "decay (default: the training default, 0 = the last step's weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--omp-nthreads", type=int, default=1)
     parser.add_argument("--tag", default=time.strftime("%Y-%m-%d"), help="prefix of the files in results/")
@@ -373,7 +376,8 @@ def main(argv=None) -> int:
     refiner_steps = args.steps if args.refiner_steps is None else args.refiner_steps
     settings = {variant: DVRTrainingSettings(variant=variant, sketcher_steps=args.steps, refiner_steps=refiner_steps,
                                              seed=args.seed, residual_refiner=not args.refiner_from_scratch,
-                                             **refiner_recipe)
+                                             **refiner_recipe,
+                                             **({} if args.ema_decay is None else {"ema_decay": args.ema_decay}))
                 for variant in ("unet_l1", "sketcher_refiner")}
     base = settings["sketcher_refiner"]
     report(f"settings: {args.folds}-fold CV by subject (seed {args.seed}); {args.steps} steps per network "
@@ -382,7 +386,8 @@ def main(argv=None) -> int:
            f"{base.base_features} base features, {base.levels} levels, lesion-centred crops "
            f"{base.lesion_crop_fraction:.0%} (Sketcher, U-Net) / {base.refiner_lesion_crop_fraction:.0%} (Refiner), "
            f"Refiner eq. 5 lesion weight {base.refiner_lesion_weight:g}, "
-           f"Adam {base.sketcher_lr:g} (U-Net, Sketcher) / {base.refiner_lr:g} "
+           + (f"weights averaged over steps (EMA decay {base.ema_decay:g}), " if base.ema_decay else "")
+           + f"Adam {base.sketcher_lr:g} (U-Net, Sketcher) / {base.refiner_lr:g} "
            f"(Refiner), λS=λR={base.lambda_sketcher:g}; Refiner "
            + ("residual (sketch + correction, started at the sketch)" if base.residual_refiner
               else "from scratch (Wei)") + "; same crops for every variant of a fold")

@@ -123,6 +123,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     dvr.add_argument("--refiner-lesion-weight", type=float, default=None,
                      help="total weight of a crop's lesion voxels in the Refiner's eq. 5 loss, NAWM and the "
                           "rest weighing 1 (default: see the docs; 1 is Wei's eq. 5)")
+    dvr.add_argument("--ema-decay", type=float, default=None,
+                     help="each stage's result is a moving average of its generator's weights with this "
+                          "per-step decay, e.g. 0.99 (default 0: the last step's weights, as Wei)")
     dvr.add_argument("--refiner-from-scratch", action="store_true",
                      help="Wei's Refiner, whose output is the DVR itself, trained from scratch (default: ours, "
                           "sketch + a learnt correction, starting at the sketch)")
@@ -160,7 +163,7 @@ def dvr_settings(args):
               "lambda_sketcher": args.lambda_sketcher, "lambda_refiner": args.lambda_refiner,
               "lesion_crop_fraction": args.lesion_crop_fraction,
               "refiner_lesion_crop_fraction": args.refiner_lesion_crop_fraction,
-              "refiner_lesion_weight": args.refiner_lesion_weight,
+              "refiner_lesion_weight": args.refiner_lesion_weight, "ema_decay": args.ema_decay,
               "residual_refiner": False if args.refiner_from_scratch else None}
     if args.crop is not None:
         if len(args.crop) not in (1, 3):

@@ -316,6 +316,41 @@ def test_more_refiner_steps_extend_the_refiner_and_more_sketcher_steps_restart_i
     assert "sketcher: resuming at step 3" in out and "refiner: checkpoint settings differ" in out
 
 
+def test_weight_average_is_the_moving_average_of_the_step_weights_and_resumes(cohort, tmp_path):
+    """ema_decay d: the result is E_1 = W_1, E_k = d E_(k-1) + (1 - d) W_k over the weights W_k of
+    the plain run after k steps (averaging does not change the training itself); a run resumed
+    from a checkpoint carries the average on."""
+    plain = DVRTrainingSettings(variant="sketcher", sketcher_steps=1, **FAST)
+    steps = [train_model(cohort[:2], dataclasses.replace(plain, sketcher_steps=k), progress=False).model.state_dict()
+             for k in (1, 2, 3)]
+    decay = 0.5
+    expected = {name: t.clone() for name, t in steps[0].items()}
+    for later in steps[1:]:
+        for name, tensor in expected.items():
+            if tensor.is_floating_point():
+                tensor.mul_(decay).add_(later[name], alpha=1 - decay)
+    averaged = dataclasses.replace(plain, sketcher_steps=3, ema_decay=decay)
+    whole = train_model(cohort[:2], averaged, progress=False).model.state_dict()
+    train_model(cohort[:2], dataclasses.replace(averaged, sketcher_steps=2), checkpoint_dir=tmp_path, progress=False)
+    resumed = train_model(cohort[:2], averaged, checkpoint_dir=tmp_path, resume=True, progress=False).model.state_dict()
+    floats = [name for name, tensor in expected.items() if tensor.is_floating_point()]
+    moved = [name for name in floats if not torch.allclose(steps[2][name], expected[name], atol=1e-6)]
+    assert moved  # the average differs from the last step's weights
+    for name in floats:
+        torch.testing.assert_close(whole[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+        assert torch.equal(resumed[name], whole[name]), name
+
+
+def test_checkpoints_from_before_a_new_setting_stay_valid():
+    """A fingerprint written before a setting existed (here ema_decay) matches its default."""
+    current = {"settings": DVRTrainingSettings().as_dict(), "subjects": ["sub-01"], "run": "final",
+               "stage": "sketcher"}
+    older = {**current, "settings": {k: v for k, v in current["settings"].items() if k != "ema_decay"}}
+    assert myelin_training.same_training_run(older, current)
+    averaged = {**current, "settings": {**current["settings"], "ema_decay": 0.99}}
+    assert not myelin_training.same_training_run(older, averaged)
+
+
 def test_time_limit_stops_early(cohort):
     settings = DVRTrainingSettings(variant="sketcher_refiner", sketcher_steps=10_000, refiner_steps=10_000, **FAST)
     trained = train_model(cohort[:2], settings, time_limit_s=2.0, progress=False)

@@ -26,6 +26,11 @@ Recipe (Wei §3.1 "Training details", our choices marked):
   region weights 1/N_Les, 1/N_NAWM, 1/N_other computed per crop), Adam 5e-5. By default (ours,
   ``residual_refiner``) the Refiner outputs sketch + correction and starts at the sketch; Wei's
   Refiner starts from scratch (``residual_refiner=False``, ``--refiner-from-scratch``).
+- **Weight averaging** (ours, off by default: ``ema_decay`` 0). With ``ema_decay`` d > 0 each
+  stage's result is an exponential moving average of its generator's weights and BatchNorm
+  statistics over the steps (``torch.optim.swa_utils.AveragedModel``; horizon about 1/(1-d)
+  steps) instead of the last step's, as GAN practice does to damp the step-to-step swing of
+  adversarial training (Yazıcı et al., ICLR 2019); the Refiner trains on the averaged Sketcher.
 - **Variants** (Wei §3.2's comparison): ``sketcher_refiner`` (the proposed method), ``sketcher``
   (one cGAN), ``unet_l1`` (one 3D U-Net with plain L1 and no adversary: a Sketcher3D without a
   noise channel).
@@ -161,6 +166,8 @@ class DVRTrainingSettings:
     discriminator_features: int = 0  # 0: the generators' base_features
     #: The Refiner outputs sketch + correction, started at the sketch (ours; Refiner3D).
     residual_refiner: bool = True
+    #: Per-step decay of the generators' weight average (ours); 0: the last step's weights.
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "crop", tuple(int(c) for c in self.crop))
@@ -182,6 +189,8 @@ class DVRTrainingSettings:
             problems.append(f"levels must be at most 5, got {self.levels}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         for name in ("lesion_crop_fraction", "refiner_lesion_crop_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -202,6 +211,9 @@ class DVRTrainingSettings:
         values = asdict(self)
         values["crop"] = list(self.crop)
         return values
+
+
+_DEFAULT_SETTINGS = DVRTrainingSettings().as_dict()
 
 
 # ---------------------------------------------------------------------------- normalisation
@@ -411,6 +423,16 @@ class StageResult:
                 "lr": lr, "lambda_l1": lambda_l1, "losses_last_50_steps": means}
 
 
+def weight_average(generator: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``generator``'s weights and buffers (BatchNorm
+    statistics), or None for ``decay`` 0. Its first update copies the generator."""
+    if decay <= 0.0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: PLC0415
+
+    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _to_device(array: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(device)
 
@@ -418,7 +440,8 @@ def _to_device(array: np.ndarray, device) -> torch.Tensor:
 def same_training_run(stored, current: dict) -> bool:
     """Whether a checkpoint's fingerprint belongs to this stage of this run.
 
-    The fingerprints must be equal except for the stage's own step count, so a longer run
+    The fingerprints must be equal (a setting added after the checkpoint was written counts as
+    its default) except for the stage's own step count, so a longer run
     continues a shorter one: the learning rates are constant and the crops a function of the
     step (``draw_batch``), so the state at step ``s`` is the same whatever the target count. A
     Sketcher stage also ignores :data:`REFINER_ONLY_SETTINGS`; a Refiner stage keeps the
@@ -432,7 +455,8 @@ def same_training_run(stored, current: dict) -> bool:
     def view(fingerprint: dict) -> dict:
         settings = fingerprint.get("settings")
         if isinstance(settings, dict):
-            settings = {k: v for k, v in settings.items() if k not in ignored}
+            # A setting newer than the checkpoint took its default value there.
+            settings = {k: v for k, v in {**_DEFAULT_SETTINGS, **settings}.items() if k not in ignored}
         return {**fingerprint, "settings": settings}
     return view(stored) == view(current)
 
@@ -440,8 +464,14 @@ def same_training_run(stored, current: dict) -> bool:
 def _run_stage(*, stage: str, label: str, run_id: int, subjects, settings: DVRTrainingSettings, steps: int,
                step_fn: Callable, nets: dict, optimizers: dict, device, deadline: float | None,
                checkpoint_stem: Path | None, fingerprint: dict, resume: bool, checkpoint_every: int,
-               progress: bool | None) -> StageResult:
-    """Train one stage for ``steps`` steps (or until ``deadline``, a perf_counter time)."""
+               progress: bool | None, ema: torch.optim.swa_utils.AveragedModel | None = None) -> StageResult:
+    """Train one stage for ``steps`` steps (or until ``deadline``, a perf_counter time).
+
+    With ``ema`` (a weight average of ``nets["generator"]``, checkpointed with the nets), the
+    average takes every step and is copied into the generator at the end.
+    """
+    if ema is not None:
+        nets = {**nets, "generator_ema": ema}
     from tqdm import tqdm  # noqa: PLC0415
 
     step, seconds_before, losses = 0, 0.0, []
@@ -473,6 +503,8 @@ def _run_stage(*, stage: str, label: str, run_id: int, subjects, settings: DVRTr
             break
         mr, target, weights = draw_batch(subjects, settings, run_id, stage, step)
         result = step_fn(_to_device(mr, device), _to_device(target, device), _to_device(weights, device))
+        if ema is not None:
+            ema.update_parameters(nets["generator"])
         step += 1
         losses.append([step, *(float(result[c]) for c in LOSS_COLUMNS)])
         bar.update(1)
@@ -481,6 +513,8 @@ def _run_stage(*, stage: str, label: str, run_id: int, subjects, settings: DVRTr
             checkpoint()
     bar.close()
     checkpoint()
+    if ema is not None and step > 0:
+        nets["generator"].load_state_dict(ema.module.state_dict())
     return StageResult(step, steps, stopped_by, seconds_before + time.perf_counter() - started, losses)
 
 
@@ -554,7 +588,8 @@ def train_model(pairs: Sequence[MyelinPair], settings: DVRTrainingSettings, *, d
                         deadline=stage_deadline,
                         checkpoint_stem=None if checkpoint_dir is None else checkpoint_dir / "sketcher",
                         fingerprint={**base, "stage": "sketcher"}, resume=resume,
-                        checkpoint_every=checkpoint_every, progress=progress)
+                        checkpoint_every=checkpoint_every, progress=progress,
+                        ema=weight_average(sketcher, settings.ema_decay))
     stages["sketcher"] = result.summary(settings.sketcher_lr, settings.lambda_sketcher if adversarial else None)
     sketcher.eval()
     if settings.variant != "sketcher_refiner":
@@ -578,7 +613,8 @@ def train_model(pairs: Sequence[MyelinPair], settings: DVRTrainingSettings, *, d
                         optimizers={"g": opt_rg, "d": opt_rd}, device=device, deadline=deadline,
                         checkpoint_stem=None if checkpoint_dir is None else checkpoint_dir / "refiner",
                         fingerprint={**base, "stage": "refiner", "sketcher_steps_done": stages["sketcher"]["steps"]},
-                        resume=resume, checkpoint_every=checkpoint_every, progress=progress)
+                        resume=resume, checkpoint_every=checkpoint_every, progress=progress,
+                        ema=weight_average(refiner, settings.ema_decay))
     stages["refiner"] = result.summary(settings.refiner_lr, settings.lambda_refiner)
     model = SketcherRefiner3D.from_models(sketcher, refiner).to(device).eval()
     return TrainedDVRModel(model, sketcher, norm, stages, discriminator_config, [p.key for p in pairs])
@@ -795,6 +831,9 @@ def train_dvr_from_mri(pairs: Sequence[MyelinPair], out_dir: str | Path, *,
                              "with lesions, jittered by up to a quarter crop",
             "region_weights": f"Wei eq. 5 per crop: {settings.refiner_lesion_weight:g}/N_lesion, 1/N_NAWM, "
                               "1/N_other brain voxels",
+            "weights": (f"exponential moving average over each stage's steps (decay {settings.ema_decay:g} per "
+                        "step), weights and BatchNorm statistics" if settings.ema_decay
+                        else "the last step's of each stage"),
             "adam_betas": list(ADAM_BETAS), "discriminator": final.discriminator,
             "settings": settings.as_dict(), "seed": settings.seed,
             "minutes": round(minutes, 2), "device": device_name,
