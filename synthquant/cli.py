@@ -343,6 +343,27 @@ DEMO_MYELIN_SUBJECTS, DEMO_MYELIN_PRESET = 5, "test"
 DEMO_NODE_THREADS = 1
 
 
+def write_in_parallel(jobs: list, nprocs: int) -> None:
+    """Run ``make(folder, **kwargs)`` for each ``(make, folder, kwargs)`` of ``jobs``, up to
+    ``nprocs`` at once, each in a fresh process (the demo's cohorts: about 25 s each on one core;
+    seeded, so the same files either way).
+
+    Spawned, not forkserver: Python starts one forkserver per process and it keeps the
+    environment of its start, so starting it here would hand Nipype's MultiProc workers a
+    server from before ``runner.configure_nipype`` set ``NIPYPE_CONFIG_DIR``, and they would log
+    every node at INFO.
+    """
+    import multiprocessing  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
+    if not jobs:
+        return
+    with ProcessPoolExecutor(max_workers=max(1, min(len(jobs), nprocs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in [pool.submit(make, folder, **kwargs) for make, folder, kwargs in jobs]:
+            done.result()
+
+
 def run_demo(output_dir: Path, nprocs: int) -> int:
     """Phantom cohorts -> both arms -> group, then the errors against the phantom's truth.
 
@@ -359,9 +380,6 @@ def run_demo(output_dir: Path, nprocs: int) -> int:
     predicted and true (Logan) PIB DVR; the group level of step 2 builds the healthy-control
     WM norm, with which step 3 finds the demyelinated lesion voxels.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from synthquant.phantom import make_amyloid_cohort, make_myelin_cohort
 
     output_dir = output_dir.resolve()
@@ -374,12 +392,7 @@ def run_demo(output_dir: Path, nprocs: int) -> int:
         say(f"writing a myelin phantom cohort ({DEMO_MYELIN_PRESET} preset) to {myelin_bids}")
         cohorts.append((make_myelin_cohort, myelin_bids,
                         dict(n_subjects=DEMO_MYELIN_SUBJECTS, preset=DEMO_MYELIN_PRESET, seed=0)))
-    # The two cohorts at once, one process each (about 25 s each on one core; seeded, so the
-    # same files either way); the runner's own processes come later.
-    with ProcessPoolExecutor(max_workers=max(1, min(len(cohorts), nprocs)),
-                             mp_context=multiprocessing.get_context("forkserver")) as pool:
-        for written in [pool.submit(make, folder, **kwargs) for make, folder, kwargs in cohorts]:
-            written.result()
+    write_in_parallel(cohorts, nprocs)
     derivatives, myelin_derivatives = output_dir / "derivatives", output_dir / "derivatives_myelin"
     common = dict(bids_dir=bids_dir, output_dir=derivatives, analysis_level="participant",
                   work_dir=output_dir / "work", nprocs=nprocs, omp_nthreads=DEMO_NODE_THREADS,
