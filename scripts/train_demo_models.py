@@ -158,12 +158,23 @@ def _validation_summary() -> dict | None:
             "sketcher": variant("sketcher"), "unet_l1": variant("unet_l1")}
 
 
-def recard_dvr_from_mri() -> int:
-    """Rewrite the bundled dvr_from_mri card's held-out metrics; the weights stay as they are."""
+def _bundle_dvr(loaded, **card_updates) -> None:
+    """Write ``loaded`` (a load_model result) as the bundled dvr_from_mri, float16, its card
+    updated; save_model recomputes the derived keys (weights_sha256, stored_dtype)."""
     import torch
 
+    from synthquant.models import BUNDLED_MODELS_DIR, DVR_FROM_MRI
+    from synthquant.nets import save_model
+
+    card = {k: v for k, v in loaded.card.items() if k not in ("weights_sha256", "stored_dtype")}
+    BUNDLED_MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    save_model(loaded.model, BUNDLED_MODELS_DIR / DVR_FROM_MRI, {**card, **card_updates}, dtype=torch.float16)
+
+
+def recard_dvr_from_mri() -> int:
+    """Rewrite the bundled dvr_from_mri card's held-out metrics; the weights stay as they are."""
     from synthquant.models import BUNDLED_MODELS_DIR, DVR_FROM_MRI, resolve_model
-    from synthquant.nets import MYELIN_NETS_REGISTRY, load_model, save_model
+    from synthquant.nets import MYELIN_NETS_REGISTRY, load_model
 
     validation = _validation_summary()
     if validation is None:
@@ -171,9 +182,7 @@ def recard_dvr_from_mri() -> int:
     bundled = BUNDLED_MODELS_DIR / DVR_FROM_MRI
     loaded = load_model(bundled, MYELIN_NETS_REGISTRY)
     before = resolve_model(DVR_FROM_MRI, None).sha256
-    card = {k: v for k, v in loaded.card.items() if k not in ("weights_sha256", "stored_dtype")}
-    card["held_out_metrics"] = validation
-    save_model(loaded.model, bundled, card, dtype=torch.float16)
+    _bundle_dvr(loaded, held_out_metrics=validation)
     after = resolve_model(DVR_FROM_MRI, None).sha256
     print(f"rewrote {bundled}.json from {validation['source']}; weights sha256 {before[:12]} -> {after[:12]}"
           + (" (unchanged)" if before == after else " (CHANGED)"))
@@ -181,13 +190,11 @@ def recard_dvr_from_mri() -> int:
 
 
 def train_dvr_from_mri(args, argv) -> int:
-    import torch
-
     from synthquant.config import apply_threads
 
     apply_threads(args.omp_nthreads, args.seed)  # before antspyx is imported
-    from synthquant.models import BUNDLED_MODELS_DIR, DVR_FROM_MRI, resolve_model
-    from synthquant.nets import MYELIN_NETS_REGISTRY, load_model, save_model
+    from synthquant.models import DVR_FROM_MRI, resolve_model
+    from synthquant.nets import MYELIN_NETS_REGISTRY, load_model
     from synthquant.nets.myelin_training import (
         DVRTrainingSettings,
         train_dvr_from_mri_bids,
@@ -207,15 +214,11 @@ def train_dvr_from_mri(args, argv) -> int:
     print(json.dumps(result["stages"], indent=2))
     if args.install:
         loaded = load_model(out / DVR_FROM_MRI, MYELIN_NETS_REGISTRY)
-        card = {k: v for k, v in loaded.card.items() if k not in ("weights_sha256", "stored_dtype")}
-        if not card.get("synthetic_phantom_only"):
+        if not loaded.card.get("synthetic_phantom_only"):
             raise SystemExit(f"{bids} is not a synthquant phantom dataset: refusing to bundle its model as demo weights")
-        card["reproduce"] = "scripts/train_demo_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
         validation = _validation_summary()
-        if validation is not None:
-            card["held_out_metrics"] = validation
-        BUNDLED_MODELS_DIR.mkdir(parents=True, exist_ok=True)
-        save_model(loaded.model, BUNDLED_MODELS_DIR / DVR_FROM_MRI, card, dtype=torch.float16)
+        reproduce = "scripts/train_demo_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        _bundle_dvr(loaded, reproduce=reproduce, **({} if validation is None else {"held_out_metrics": validation}))
         choice = resolve_model(DVR_FROM_MRI, None)  # the pipeline's own checks of the bundled card
         print(f"installed {choice.weights} ({choice.weights.stat().st_size / 1e6:.1f} MB, sha256 {choice.sha256[:12]}, "
               f"synthetic_phantom_only={choice.synthetic_only})")
